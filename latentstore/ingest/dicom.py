@@ -1,0 +1,295 @@
+"""DICOM CT: read headers, group files into series, choose one series per study, load it as HU + RAS affine.
+
+Headers are read once while scanning (`parse_header`, stopping before the pixel data) and only the
+geometry and the few tags below are kept: nothing of the header is copied, printed or logged, and
+UIDs appear only as hashes (`dcm-<sha256[:12]>`).
+
+Series choice, per study (StudyInstanceUID; files without one are grouped by folder):
+
+1. Files are grouped by SeriesInstanceUID, and inside a series by orientation (IOP) and matrix size,
+   so a localizer or a reformat that shares a series UID forms its own group.
+2. A file is usable when its Modality is CT, its SOP class is CT Image Storage (or absent), its
+   ImageType has no LOCALIZER/SCOUT, it has pixel data, is single-frame and has the geometry tags
+   (ImagePositionPatient, ImageOrientationPatient, PixelSpacing).
+3. A group is a candidate when it has at least `MIN_SLICES` usable files, no two at the same position
+   and a uniform slice step (positions projected on the slice normal; a gap shows up here).
+4. Among candidates: ORIGINAL/PRIMARY first, then axial (normal within 30 deg of S), then most slices,
+   then thinnest step, then the hashed series UID (deterministic). The choice is logged (hashed ids only).
+
+A study without a candidate becomes one error record listing why each series was dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.pixels import apply_rescale
+from pydicom.uid import UID, CTImageStorage
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+MIN_SLICES = 3
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float / Double Float Pixel Data
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # ends encapsulated (compressed) pixel data
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+HU_FLOOR = -1024  # padding (-2000, -3024 outside the reconstruction circle) and noise below air
+
+
+def hashed_uid(uid: str, prefix: str = "dcm-") -> str:
+    """`prefix` + first 12 hex of sha256(uid): a stable, non-identifying name for a DICOM UID."""
+    return prefix + hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Header:
+    """The few tags of one DICOM file that scanning needs (geometry, grouping, filtering)."""
+
+    path: Path
+    digest: bytes  # sha256 of the file's bytes
+    study: str
+    series: str
+    sop_instance: str
+    modality: str
+    image_type: tuple[str, ...]
+    sop_class: str
+    has_pixels: bool
+    truncated: bool
+    frames: int
+    rows: int
+    cols: int
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, ...] | None
+    pixel_spacing: tuple[float, ...] | None
+    patient: str = field(repr=False)  # PHI: never logged
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """True when the 132-byte head has the DICOM Part 10 preamble magic `DICM` at offset 128."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def parse_header(data: bytes, path: Path, digest: bytes, force: bool = False) -> Header:
+    """The scan-time tags of one DICOM file given its bytes; `InputError` when it is no readable DICOM.
+
+    `force` also reads files without the Part 10 preamble (old writers); they must then at least carry
+    a SOPInstanceUID or a Modality to count as DICOM.
+    """
+    fp = io.BytesIO(data)
+    pixels: dict = {}
+
+    def at_pixels(tag, vr, length):
+        if tag in _PIXEL_TAGS:
+            pixels.update(pos=fp.tell(), length=length)
+            return True
+        return False
+
+    try:
+        ds = read_partial(fp, stop_when=at_pixels, force=force)
+        if force and not ("SOPInstanceUID" in ds or "Modality" in ds):
+            raise InvalidDicomError("no DICOM elements")
+    except InvalidDicomError:
+        raise InputError(f"{path.name}: not a DICOM file (no DICM preamble)") from None
+    except Exception as e:  # pydicom raises many kinds on corrupt headers: all mean "unreadable"
+        raise InputError(f"{path.name}: corrupt DICOM header ({type(e).__name__})") from None
+    truncated = False
+    if pixels:
+        if pixels["length"] == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
+            truncated = data.rfind(_SEQ_DELIMITER) < pixels["pos"]
+        else:
+            truncated = pixels["pos"] + pixels["length"] > len(data)
+    return _header(ds, path, digest, has_pixels=bool(pixels), truncated=truncated)
+
+
+def _header(ds, path: Path, digest: bytes, has_pixels: bool, truncated: bool) -> Header:
+    meta = getattr(ds, "file_meta", None)
+    try:
+        return Header(
+            path=path,
+            digest=digest,
+            study=str(ds.get("StudyInstanceUID", "") or ""),
+            series=str(ds.get("SeriesInstanceUID", "") or ""),
+            sop_instance=str(ds.get("SOPInstanceUID", "") or ""),
+            modality=str(ds.get("Modality", "") or "").upper(),
+            image_type=tuple(str(v).upper() for v in _multi(ds.get("ImageType"))),
+            # Anonymisers sometimes blank SOPClassUID; the file meta keeps a copy.
+            sop_class=str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")),
+            has_pixels=has_pixels,
+            truncated=truncated,
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            rows=int(ds.get("Rows", 0) or 0),
+            cols=int(ds.get("Columns", 0) or 0),
+            iop=_floats(ds.get("ImageOrientationPatient"), 6),
+            ipp=_floats(ds.get("ImagePositionPatient"), 3),
+            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+            patient=str(ds.get("PatientID", "") or ""),
+        )
+    except Exception as e:  # a tag with an undecodable value
+        raise InputError(f"{path.name}: corrupt DICOM header ({type(e).__name__})") from None
+
+
+def _multi(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in _multi(value))
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and np.all(np.isfinite(out)) else None
+
+
+def unusable(h: Header) -> str | None:
+    """Why a file cannot be a slice of a CT volume, or None when it can."""
+    if h.modality != "CT":
+        return f"modality {h.modality or 'missing'}, not CT"
+    if h.sop_class and h.sop_class != CTImageStorage:
+        return f"SOP class {UID(h.sop_class).name}, not CT Image Storage"
+    if {"LOCALIZER", "SCOUT"} & set(h.image_type):
+        return "localizer/scout image"
+    if not h.has_pixels:
+        return "no pixel data"
+    if h.truncated:
+        return "pixel data truncated"
+    if h.frames != 1:
+        return "multi-frame image (not supported)"
+    if h.iop is None or h.ipp is None or h.pixel_spacing is None:
+        return "missing ImagePositionPatient/ImageOrientationPatient/PixelSpacing"
+    return None
+
+
+def stack_geometry(iops: list, ipps: list) -> tuple[np.ndarray, float]:
+    """Slice order (by position along the slice normal, not InstanceNumber) and the uniform step in mm.
+
+    Raises `InputError` when slices share a position or the step is not uniform (missing slices,
+    mixed acquisitions). A gantry tilt is fine: the affine uses the actual step vector.
+    """
+    iop = np.asarray(iops[0], float)
+    if any(not np.allclose(o, iop, atol=1e-3) for o in iops):
+        raise InputError("slices have different orientations (ImageOrientationPatient)")
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.asarray(ipps, float) @ normal
+    order = np.argsort(pos, kind="stable")
+    steps = np.diff(pos[order])
+    if len(steps) == 0:
+        raise InputError("a single slice is not a volume")
+    if np.any(steps < 1e-3):
+        raise InputError(f"{int(np.sum(steps < 1e-3))} slice(s) share a position with another (mixed acquisitions?)")
+    step = float(np.median(steps))
+    if np.max(np.abs(steps - step)) > max(0.05, 0.01 * step):
+        raise InputError(f"slice step not uniform ({steps.min():.2f} to {steps.max():.2f} mm): missing slices?")
+    return order, step
+
+
+@dataclass
+class _Candidate:
+    name: str
+    headers: list[Header]
+    step: float
+    key: tuple
+
+
+def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]]:
+    """The chosen series of one study (its headers sorted by path), and why each other series was dropped."""
+    groups: dict[tuple, list[Header]] = defaultdict(list)
+    for h in headers:
+        iop = tuple(np.round(h.iop, 3)) if h.iop else None
+        groups[(h.series, iop, h.rows, h.cols)].append(h)
+    dropped: list[str] = []
+    candidates: list[_Candidate] = []
+    for (series, *_), group in groups.items():
+        name = hashed_uid(series) if series else "series without UID"  # anonymisers may blank UIDs
+        reasons = Counter(r for r in map(unusable, group) if r)
+        usable = [h for h in group if not unusable(h)]
+        if len(usable) < MIN_SLICES:
+            why = reasons.most_common(1)[0][0] if reasons else f"only {len(usable)} slice(s)"
+            dropped.append(f"{name}: {why} ({len(group)} file(s))")
+            continue
+        try:
+            _, step = stack_geometry([h.iop for h in usable], [h.ipp for h in usable])
+        except InputError as e:
+            dropped.append(f"{name}: {e}")
+            continue
+        first = usable[0]
+        normal = np.cross(first.iop[:3], first.iop[3:])
+        key = (
+            "ORIGINAL" in first.image_type and "PRIMARY" in first.image_type,
+            abs(normal[2]) > np.cos(np.radians(30)),
+            len(usable),
+            -step,
+            name,
+        )
+        candidates.append(_Candidate(name, sorted(usable, key=lambda h: str(h.path)), step, key))
+    if not candidates:
+        return None, dropped
+    best = max(candidates, key=lambda c: c.key)
+    log.info(
+        "study %s: chose series %s (%d slices, %.2f mm step) of %d candidate(s)",
+        hashed_uid(headers[0].study or str(headers[0].path.parent), "study-"), best.name, len(best.headers), best.step, len(candidates),
+    )
+    return best.headers, dropped
+
+
+def read_series(files: tuple[Path, ...] | list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Load a CT series as `(hu, affine)`: int16 HU of shape (columns, rows, slices), affine voxel -> RAS+ mm.
+
+    Slices are sorted along the slice normal; rescale slope/intercept apply per slice; values at
+    PixelPaddingValue and below -1024 HU become -1024. Compressed transfer syntaxes (JPEG 2000 ...)
+    decode through pydicom's plugins (pylibjpeg). DICOM patient space is LPS: x and y are flipped.
+    Raises `InputError` with one line on any problem.
+    """
+    if not files:
+        raise InputError("no DICOM files to load")
+    datasets = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as e:
+            raise InputError(f"{Path(path).name}: unreadable DICOM ({type(e).__name__})") from None
+        h = _header(ds, Path(path), b"", has_pixels=any(t in ds for t in _PIXEL_TAGS), truncated=False)
+        why = unusable(h)
+        if why:
+            raise InputError(f"{Path(path).name}: {why}")
+        datasets.append((ds, h))
+    if len({h.series for _, h in datasets}) > 1:
+        raise InputError("files belong to more than one series")
+    shapes = {(h.rows, h.cols) for _, h in datasets}
+    if len(shapes) > 1:
+        raise InputError(f"slices have different matrix sizes {sorted(shapes)}")
+    order, _ = stack_geometry([h.iop for _, h in datasets], [h.ipp for _, h in datasets])
+    datasets = [datasets[i] for i in order]
+    hu = np.empty((datasets[0][1].cols, datasets[0][1].rows, len(datasets)), np.int16)  # (C, R, K)
+    for k, (ds, h) in enumerate(datasets):
+        try:
+            raw = ds.pixel_array
+        except Exception as e:
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            tsname = ts.name if ts is not None else "unknown transfer syntax"
+            raise InputError(f"{h.path.name}: cannot decode pixel data ({tsname}; {type(e).__name__})") from None
+        values = apply_rescale(raw, ds)  # per slice: the intercept may differ between slices
+        pad = ds.get("PixelPaddingValue")
+        if pad is not None:
+            values = np.where(raw == pad, HU_FLOOR, values)
+        hu[:, :, k] = np.clip(np.rint(values), HU_FLOOR, np.iinfo(np.int16).max).astype(np.int16).T
+    first, last = datasets[0][1], datasets[-1][1]
+    iop = np.asarray(first.iop)
+    dr, dc = first.pixel_spacing  # PixelSpacing = (between rows, between columns) in mm
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * dc  # array axis 0 = column index: along the row direction cosine
+    lps[:3, 1] = iop[3:] * dr  # array axis 1 = row index: along the column direction cosine
+    lps[:3, 2] = (np.asarray(last.ipp) - np.asarray(first.ipp)) / (len(datasets) - 1)
+    lps[:3, 3] = first.ipp
+    return hu, _LPS_TO_RAS @ lps
