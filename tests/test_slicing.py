@@ -2,6 +2,7 @@
 superior up and anterior left, whatever the array orientation, spacing or obliquity; plus the real
 VerSe sample (centroids on their own labels after resampling) and the real 3 mm CT."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -140,7 +141,7 @@ def test_thick_slice_averages_planes_and_changes_hash():
 
 def test_slicing_config_validation_and_json():
     cfg = SlicingConfig(size=64, thickness_mm=3, order=3)
-    assert SlicingConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg
+    assert SlicingConfig.from_dict(json.loads(cfg.to_json())) == cfg
     for bad in ({"thickness_mm": 2}, {"spacing_mm": 0.0}, {"order": 7}, {"size": 3}):
         with pytest.raises(ValueError):
             SlicingConfig(**bad)

@@ -43,6 +43,7 @@ MIN_SLICES = 3
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float / Double Float Pixel Data
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # ends encapsulated (compressed) pixel data
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_LOCALIZER = "localizer/scout image"
 HU_FLOOR = -1024  # padding (-2000, -3024 outside the reconstruction circle) and noise below air
 
 
@@ -159,7 +160,7 @@ def unusable(h: Header) -> str | None:
     if h.sop_class and h.sop_class != CTImageStorage:
         return f"SOP class {UID(h.sop_class).name}, not CT Image Storage"
     if {"LOCALIZER", "SCOUT"} & set(h.image_type):
-        return "localizer/scout image"
+        return _LOCALIZER
     if not h.has_pixels:
         return "no pixel data"
     if h.truncated:
@@ -197,13 +198,19 @@ def stack_geometry(iops: list, ipps: list) -> tuple[np.ndarray, float]:
 @dataclass
 class _Candidate:
     name: str
-    headers: list[Header]
+    headers: list[Header]  # the usable files, sorted by path
     step: float
     key: tuple
+    defects: list[tuple[Path, str]]  # files of the same group left out, with the reason
 
 
-def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]]:
-    """The chosen series of one study (its headers sorted by path), and why each other series was dropped."""
+def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str], list[tuple[Path, str]]]:
+    """Choose one study's series: `(chosen, dropped, defects)`.
+
+    `chosen`: the chosen series' headers sorted by path (None when no series qualifies); `dropped`: why
+    each other series was not chosen, one line each; `defects`: files of the chosen series left out
+    (truncated, no pixel data, ...), with the reason.
+    """
     groups: dict[tuple, list[Header]] = defaultdict(list)
     for h in headers:
         iop = tuple(np.round(h.iop, 3)) if h.iop else None
@@ -221,7 +228,8 @@ def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]
         try:
             _, step = stack_geometry([h.iop for h in usable], [h.ipp for h in usable])
         except InputError as e:
-            dropped.append(f"{name}: {e}")
+            left_out = f" ({sum(reasons.values())} file(s) left out: {', '.join(reasons)})" if reasons else ""
+            dropped.append(f"{name}: {e}{left_out}")
             continue
         first = usable[0]
         normal = np.cross(first.iop[:3], first.iop[3:])
@@ -232,15 +240,17 @@ def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]
             -step,
             name,
         )
-        candidates.append(_Candidate(name, sorted(usable, key=lambda h: str(h.path)), step, key))
+        # A localizer sharing the series is routine; a truncated or pixel-less file is a defect.
+        defects = [(h.path, why) for h in group if (why := unusable(h)) and why != _LOCALIZER]
+        candidates.append(_Candidate(name, sorted(usable, key=lambda h: str(h.path)), step, key, defects))
     if not candidates:
-        return None, dropped
+        return None, dropped, []
     best = max(candidates, key=lambda c: c.key)
     log.info(
         "study %s: chose series %s (%d slices, %.2f mm step) of %d candidate(s)",
         hashed_uid(headers[0].study or str(headers[0].path.parent), "study-"), best.name, len(best.headers), best.step, len(candidates),
     )
-    return best.headers, dropped
+    return best.headers, dropped, best.defects
 
 
 def read_series(files: tuple[Path, ...] | list[Path]) -> tuple[np.ndarray, np.ndarray]:

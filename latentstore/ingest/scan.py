@@ -94,7 +94,8 @@ def _walk(root: Path, errors: list[ErrorRecord]) -> tuple[list[Path], list[Path]
                     niftis.append(path)
             elif Path(lower).suffix in _DICOM_SUFFIXES or _maybe_dicom(path):
                 dicoms.append(path)
-    return niftis, dicoms
+    # Sorted by full path: "the first copy" of duplicated bytes means the same file on every run.
+    return sorted(niftis, key=str), sorted(dicoms, key=str)
 
 
 def _is_mask(path: Path) -> bool:
@@ -229,7 +230,7 @@ def _dicom_sources(root: Path, paths: list[Path], seen: dict[bytes, Path], error
     sources = []
     for key in sorted(studies):
         headers = studies[key]
-        chosen, dropped = dicom.choose_series(headers)
+        chosen, dropped, defects = dicom.choose_series(headers)
         folder = Path(os.path.commonpath([h.path.parent for h in (chosen or headers)]))
         if chosen is None:
             errors.append(ErrorRecord(str(folder), "scan", "no usable CT series: " + "; ".join(dropped)))
@@ -237,6 +238,7 @@ def _dicom_sources(root: Path, paths: list[Path], seen: dict[bytes, Path], error
         content = hashlib.sha256(b"".join(h.digest for h in chosen)).hexdigest()
         # Anonymised files may carry no SeriesInstanceUID: name the scan by its content then.
         scan_id = dicom.hashed_uid(chosen[0].series) if chosen[0].series else "dcm-" + content[:12]
+        errors += [ErrorRecord(str(p), "scan", f"left out of the series: {why}", scan_id=scan_id) for p, why in defects]
         centroids = _first_existing(d / n for d in _up_to(folder, root) for n in _SIDECARS)
         if centroids is None:
             errors.append(ErrorRecord(str(folder), "scan", "no centroid sidecar (centroids.json or centroids.csv) "
