@@ -156,6 +156,17 @@ def test_duplicates_missing_sidecars_and_empty_files(tmp_path):
     assert all(e.stage == "scan" for e in errors)
 
 
+def test_archive_inside_a_folder_named_derivatives(tmp_path):
+    """Only folders *inside* the archive mark masks: an archive stored under .../derivatives/ is scanned."""
+    root = tmp_path / "derivatives" / "archive"
+    hu, aff = phantom_array("RAS", (2, 2, 2))
+    save(root / "scan.nii.gz", hu, aff)
+    (root / "scan_centroids.csv").write_text("label,x,y,z\n20,5,-10,20\n")
+    save(root / "scan_seg.nii.gz", (hu == BODY).astype(np.uint8) * 20, aff)
+    (src,), errors = scan_archive(root)
+    assert errors == [] and src.scan_id == "scan" and src.mask == root / "scan_seg.nii.gz"
+
+
 def test_same_name_in_two_folders_gets_distinct_ids(tmp_path):
     hu, aff = phantom_array("RAS", (2, 2, 2))
     for k, folder in enumerate(("site1", "site2")):

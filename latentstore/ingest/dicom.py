@@ -7,9 +7,11 @@ UIDs appear only as hashes (`dcm-<sha256[:12]>`).
 Series choice, per study (StudyInstanceUID; files without one are grouped by folder):
 
 1. Files are grouped by SeriesInstanceUID, and inside a series by orientation (IOP) and matrix size,
-   so a localizer or a reformat that shares a series UID forms its own group.
+   so a localizer or a reformat that shares a series UID forms its own group. Not by AcquisitionNumber:
+   scanners in step-and-shoot mode number every slice apart; two acquisitions mixed in one series
+   show up as slices sharing a position instead (step 3).
 2. A file is usable when its Modality is CT, its SOP class is CT Image Storage (or absent), its
-   ImageType has no LOCALIZER/SCOUT, it has pixel data, is single-frame and has the geometry tags
+   ImageType has no LOCALIZER/SCOUT/TOPOGRAM, it has pixel data, is single-frame and has the geometry tags
    (ImagePositionPatient, ImageOrientationPatient, PixelSpacing).
 3. A group is a candidate when it has at least `MIN_SLICES` usable files, no two at the same position
    and a uniform slice step (positions projected on the slice normal; a gap shows up here).
@@ -159,7 +161,7 @@ def unusable(h: Header) -> str | None:
         return f"modality {h.modality or 'missing'}, not CT"
     if h.sop_class and h.sop_class != CTImageStorage:
         return f"SOP class {UID(h.sop_class).name}, not CT Image Storage"
-    if {"LOCALIZER", "SCOUT"} & set(h.image_type):
+    if {"LOCALIZER", "SCOUT", "TOPOGRAM"} & set(h.image_type):
         return _LOCALIZER
     if not h.has_pixels:
         return "no pixel data"

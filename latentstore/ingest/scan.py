@@ -90,7 +90,7 @@ def _walk(root: Path, errors: list[ErrorRecord]) -> tuple[list[Path], list[Path]
             path = Path(folder, name)
             lower = name.lower()
             if lower.endswith((".nii", ".nii.gz")):
-                if not _is_mask(path):
+                if not _is_mask(path.relative_to(root)):
                     niftis.append(path)
             elif Path(lower).suffix in _DICOM_SUFFIXES or _maybe_dicom(path):
                 dicoms.append(path)
@@ -98,8 +98,9 @@ def _walk(root: Path, errors: list[ErrorRecord]) -> tuple[list[Path], list[Path]
     return sorted(niftis, key=str), sorted(dicoms, key=str)
 
 
-def _is_mask(path: Path) -> bool:
-    return "derivatives" in path.parts or bool(_MASK_STEM.search(_stem(path)))
+def _is_mask(relative: Path) -> bool:
+    """Masks and other derived images, judged on the path below the archive root."""
+    return "derivatives" in relative.parts or bool(_MASK_STEM.search(_stem(relative)))
 
 
 def _stem(path: Path) -> str:

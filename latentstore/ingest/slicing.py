@@ -140,8 +140,11 @@ def resample_to(
     if np.any(hi <= lo):  # the grid misses the volume entirely
         return np.full(out_shape, pad, np.float32)
     block = np.asarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
+    matrix = m[:3, :3]
+    if np.allclose(matrix, np.diag(np.diag(matrix)), atol=1e-9):
+        matrix = np.diag(matrix)  # axis-aligned: scipy's faster separable path, same result
     return ndimage.affine_transform(
-        block, m[:3, :3], offset=m[:3, 3] - lo, output_shape=tuple(out_shape),
+        block, matrix, offset=m[:3, 3] - lo, output_shape=tuple(out_shape),
         output=np.float32, order=order, mode="constant", cval=float(pad),
     )
 
