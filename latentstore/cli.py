@@ -32,7 +32,7 @@ class _Group(TyperGroup):
             if (ctx.obj or {}).get("debug"):
                 raise
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise click.exceptions.Exit(e.exit_code) from None
+            raise typer.Exit(e.exit_code) from None  # typer vendors click: its own Exit sets the status
 
 
 app = typer.Typer(
@@ -67,6 +67,65 @@ def _main(
     ] = None,
 ) -> None:
     ctx.obj = {"debug": debug}
+
+
+# -- ingest and slices (issue 4) ------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    archive: Annotated[Path, typer.Argument(help="Archive folder: NIfTI (VerSe layout) and/or DICOM scans with centroids.")],
+    store: StoreOpt = DEFAULT_STORE,
+    address: Annotated[
+        Optional[str], typer.Option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Scans processed at once (default: all CPUs).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cut one 96x96 sagittal slice per vertebra of every new scan in ARCHIVE into the store (Ray tasks).
+
+    Reruns add only new scans. Rejected inputs go to the catalog's errors table (exit status 4); the rest is stored.
+    """
+    import json
+
+    from .errors import PartialFailure
+    from .ingest.run import ingest as run_ingest
+    from .ingest.run import summary_table
+
+    summary = run_ingest(archive, store, address=address, workers=workers, progress=not json_out)
+    if json_out:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        out.print(summary_table(summary))
+    if not summary.clean:
+        raise PartialFailure(
+            f"{summary.errors} input(s) rejected, the rest stored; see "
+            f"latentstore sql \"SELECT source, stage, reason FROM errors WHERE run_id = '{summary.run_id}'\""
+        )
+
+
+slices_app = typer.Typer(cls=_Group, help="Stored slices.", no_args_is_help=True)
+app.add_typer(slices_app, name="slices")
+
+
+@slices_app.command("show")
+def slices_show(
+    slice_id: Annotated[Optional[int], typer.Argument(help="A slice id.")] = None,
+    scan: Annotated[Optional[str], typer.Option("--scan", help="Show every slice of this scan id.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default slice-<id>.png / scan-<scan>.png).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a PNG grid of stored slices (bone window, level names) to check the cuts."""
+    import json
+
+    from .slices import show
+
+    shown = show(store, slice_id=slice_id, scan=scan, out=out_file)
+    if json_out:
+        print(json.dumps({"path": str(shown.path), "levels": shown.levels, "slice_ids": shown.slice_ids}))
+    else:
+        out.print(f"{shown.path}: {len(shown.levels)} slice(s) ({', '.join(shown.levels)})", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
