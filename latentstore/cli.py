@@ -128,6 +128,80 @@ def slices_show(
         out.print(f"{shown.path}: {len(shown.levels)} slice(s) ({', '.join(shown.levels)})", highlight=False, soft_wrap=True)
 
 
+# -- train and eval recon (issue 5) ---------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[str], typer.Option("--config", help="Model config: tiny | small | paper [default: tiny].")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps in total [default: 1000].")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Images to train on (instead of --steps).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per step [default: 16].")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate [default: 1e-4].")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="EMA decay per step [default: 0.999].")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = None,
+    preview_every: Annotated[Optional[int], typer.Option("--preview-every", min=0, help="Steps between preview PNGs.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of init, batch order and noise.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
+    run_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: runs/train-<config>].")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda [default: cuda if available].")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the diffusion autoencoder on the store's slices (no labels) and register it in models/<model_id>/."""
+    import json
+
+    from .train import run_from_cli
+
+    result = run_from_cli(
+        dict(config=config, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+             checkpoint_every=checkpoint_every, preview_every=preview_every),
+        steps=steps, samples=samples, store=store, out=run_dir, resume=resume, device=device, progress=not json_out,
+    )
+    summary = {"model_id": result.model_id, "model_dir": str(result.model_dir), "run_dir": str(result.run_dir),
+               "steps": result.step, "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}
+    if json_out:
+        print(json.dumps(summary, indent=2))
+    else:
+        for k, v in summary.items():
+            out.print(f"{k:>11}: {v}", highlight=False)
+
+
+eval_app = typer.Typer(cls=_Group, help="Evaluate a model on the store (the paper's tables).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("recon")
+def eval_recon(
+    model: Annotated[Optional[str], typer.Option("--model", help="Model id, model folder, or the shipped default.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="DDIM steps for inversion and decoding.")] = 20,
+    n: Annotated[int, typer.Option("--n", min=2, help="Held-out slices to evaluate.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")] = 16,
+    lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="Local LPIPS(alex) state dict; no downloads.")] = None,
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Reconstruction grid PNG [default: eval-recon-<model_id>.png].")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Reconstruction (MSE, PSNR, SSIM, LPIPS with local weights) and generation (FD, MMD) on held-out slices."""
+    from rich.table import Table
+
+    from .evaluate import eval_recon as run_eval
+    from .evaluate import table1, to_json
+
+    result = run_eval(model, store, steps=steps, n=n, batch_size=batch_size, lpips_weights=lpips_weights,
+                      grid=grid or "eval-recon.png")
+    if json_out:
+        print(to_json(result))
+        return
+    header, *rows = table1(result)
+    table = Table(*header, title=f"eval recon: {result['n']} held-out slices, DDIM {steps} steps")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"LPIPS: {result['lpips_note']}. {result['generation']['features']}.", highlight=False)
+    out.print(f"grid: {result['grid']}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

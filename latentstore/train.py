@@ -1,0 +1,340 @@
+"""Train the diffusion autoencoder on the store's slices, without labels; resumable; registers the EMA model.
+
+DiffAE's recipe (reference/dae.md 1.3, paper Table 5): eps-prediction MSE at uniform t, encoder and UNet
+trained jointly, Adam lr 1e-4, gradient-norm clip 1, an EMA of the whole model used for everything
+downstream, bf16 autocast on a GPU and fp32 on CPU. Differences, on purpose: no left-right flip (a sagittal
+slice is not mirror-symmetric: anterior is always left), and a shorter EMA (see `TrainConfig.ema_decay`).
+
+Run folder (`--out`):
+  train_config.json                      TrainConfig + ModelConfig + Preprocess + data hash (written once)
+  log.jsonl                              one line per step: step, loss, grad_norm, seconds
+  checkpoints/step_XXXXXXXX/             model / ema / optimizer .safetensors + state.json (atomic rename)
+  checkpoints/latest                     name of the newest complete checkpoint
+  previews/step_XXXXXXXX.png             originals | reconstructions | samples
+
+Resume is exact: the batch at step s and all noise drawn in step s are functions of (seed, s) alone, so a
+run continued from a checkpoint draws what an uninterrupted run would have drawn (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .errors import InputError
+from .slicedata import Preprocess, SliceArrays, data_hash, read_slices
+from .store import resolve_store
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; saved with every checkpoint and with the registered model.
+
+    Args:
+        config: named model config (`tiny`, `small`, `paper`; see latentstore.model).
+        steps: optimizer steps in total (a resumed run stops at the same total).
+        batch_size: slices per step (paper: 64).
+        lr: Adam learning rate (paper Table 5: 1e-4).
+        grad_clip: max global gradient norm (DiffAE: 1.0).
+        ema_decay: EMA decay per step. DiffAE's 0.9999 averages over ~10k steps, longer than a CPU run;
+            0.999 (~1k steps) suits runs of a few thousand steps. Warm-up min(decay, (1+s)/(10+s)) keeps
+            the EMA from being dominated by the random init early on.
+        seed: seeds the init, the batch order and the diffusion noise.
+        holdout_fraction: share of scans (by hash of scan_id) kept out of training for `eval recon`.
+        hu_min, hu_max: CT window mapped to [-1, 1].
+        checkpoint_every: steps between checkpoints (the last step always checkpoints).
+        preview_every: steps between PNG grids (also one at the last step); 0 = none.
+        preview_steps: DDIM steps for preview reconstructions and samples.
+        keep_checkpoints: how many recent checkpoints stay on disk.
+    """
+
+    config: str = "tiny"
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    holdout_fraction: float = 0.1
+    hu_min: float = -500.0
+    hu_max: float = 1300.0
+    checkpoint_every: int = 250
+    preview_every: int = 1000
+    preview_steps: int = 10
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "preview_steps", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+
+# Fields a resumed run may change: they do not alter what is computed, only how long and what is written.
+_COSMETIC = {"steps", "checkpoint_every", "preview_every", "preview_steps", "keep_checkpoints"}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    model_dir: Path | None  # STORE/models/<model_id>/ once registered
+    model_id: str | None
+    step: int
+    final_loss: float
+    seconds: float
+
+
+# -------------------------------------------------------------------------------------- deterministic draws
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Slice indices of the batch at `step`: epochs are seeded permutations, consumed in order."""
+    pos = np.arange(step * batch_size, (step + 1) * batch_size)
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        sel = pos // n == epoch
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of the global torch RNG in `step` (t, eps, dropout), so no RNG state needs saving."""
+    return (seed * 1_000_003 + step) % 2**63
+
+
+# -------------------------------------------------------------------------------------------- the run folder
+
+
+def _ckpt_root(run: Path) -> Path:
+    return run / "checkpoints"
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    marker = _ckpt_root(run) / "latest"
+    if not marker.is_file():
+        return None
+    path = _ckpt_root(run) / marker.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def save_checkpoint(run: Path, net, ema, opt, step: int, extra: dict, keep: int) -> Path:
+    """Write checkpoint `step` into a temp folder, rename it into place, then move the `latest` marker."""
+    root = _ckpt_root(run)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    tmp = root / f"_tmp_{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    ckpt.save_tensors(tmp / "model.safetensors", net.state_dict())
+    ckpt.save_tensors(tmp / "ema.safetensors", ema.state_dict())
+    ckpt.save_optimizer(tmp / "optimizer.safetensors", opt)
+    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2) + "\n")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    marker = root / "latest"
+    (root / "latest.tmp").write_text(name + "\n")
+    os.replace(root / "latest.tmp", marker)
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _trim_log(log: Path, step: int) -> None:
+    """Drop log lines past the checkpoint we resume from (they will be written again, identically)."""
+    if log.is_file():
+        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        log.write_text("".join(ln + "\n" for ln in lines))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- d*ema + (1-d)*net with warm-up d = min(decay, (1+step)/(10+step)); buffers are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), net.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(ema.buffers(), net.buffers()):
+            e.copy_(b)
+
+
+def train(
+    cfg: TrainConfig,
+    store: str | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    register: bool = True,
+    slices: SliceArrays | None = None,
+) -> TrainResult:
+    """Train (or continue) a run and register its EMA model in `STORE/models/<model_id>/`.
+
+    `slices` overrides reading the store (tests, or callers that already hold the data).
+    """
+    from .diffusion import training_loss
+    from .model import DiffusionAutoencoder, ModelConfig
+
+    store = resolve_store(store)
+    run = Path(out) if out else Path("runs") / f"train-{cfg.config}"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model_config = ModelConfig.named(cfg.config)
+    pre = Preprocess(cfg.hu_min, cfg.hu_max, image_size=model_config.image_size)
+    data = slices if slices is not None else read_slices(store, "train", cfg.holdout_fraction)
+    images = torch.tensor(data.images)  # (N, 96, 96) int16 HU (a copy: the Arrow buffer is read-only)
+    header = {
+        "train": asdict(cfg),
+        "model": ckpt.config_to_dict(model_config),
+        "preprocess": pre.to_dict(),
+        "data_hash": data_hash(data),
+        "n_train_slices": len(data),
+        "store": store,
+    }
+
+    torch.manual_seed(cfg.seed)  # the init is part of the run, so it is seeded too
+    net = DiffusionAutoencoder(model_config).to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    log = run / "log.jsonl"
+    start, seconds = 0, 0.0
+
+    last = latest_checkpoint(run)
+    if resume and last is not None:
+        saved = json.loads((run / "train_config.json").read_text())
+        mismatch = {k for k in header if k not in ("train", "store") and saved.get(k) != header[k]}
+        mismatch |= {k for k, v in asdict(cfg).items() if k not in _COSMETIC and saved["train"].get(k) != v}
+        if mismatch:
+            raise InputError(f"--resume: {run} was trained with different {sorted(mismatch)}; use a new --out")
+        net.load_state_dict(ckpt.load_tensors(last / "model.safetensors"))
+        ema.load_state_dict(ckpt.load_tensors(last / "ema.safetensors"))
+        ckpt.load_optimizer(last / "optimizer.safetensors", opt)
+        state = json.loads((last / "state.json").read_text())
+        start, seconds = state["step"], state.get("seconds", 0.0)
+        _trim_log(log, start)
+        (run / "train_config.json").write_text(json.dumps(header, indent=2) + "\n")  # steps may have grown
+    elif last is not None:
+        raise InputError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        (run / "train_config.json").write_text(json.dumps(header, indent=2) + "\n")
+
+    # bf16 autocast on a GPU (DiffAE used fp16; bf16 needs no loss scaler); CPU autocast is slower, so fp32.
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    loss_value = float("nan")
+    bar = _progress(cfg.steps) if progress else None
+    net.train()
+    with bar or contextlib.nullcontext(), log.open("a") as logf:
+        task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan")) if bar else None
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            x0 = pre.to_model(images[batch_indices(len(images), cfg.batch_size, cfg.seed, step)]).to(device)
+            torch.manual_seed(step_seed(cfg.seed, step))
+            with amp:
+                loss = training_loss(net, x0)  # eps-MSE at uniform t; encoder sees x0, UNet sees x_t
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip))
+            opt.step()
+            ema_update(ema, net, cfg.ema_decay, step)
+            loss_value = float(loss.detach())
+            seconds += time.perf_counter() - t0
+            logf.write(json.dumps({"step": step + 1, "loss": loss_value, "grad_norm": grad_norm,
+                                   "seconds": round(seconds, 3)}) + "\n")
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                logf.flush()
+                extra = {"seconds": seconds, "images_seen": done * cfg.batch_size, "loss": loss_value}
+                save_checkpoint(run, net, ema, opt, done, extra, cfg.keep_checkpoints)
+            if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
+                _preview(run / "previews" / f"step_{done:08d}.png", ema, images, pre, cfg, device)
+            if bar:
+                bar.update(task, completed=done, loss=loss_value)
+
+    model_dir = model_id = None
+    if register:
+        model_dir = ckpt.register_model(store, ema.state_dict(), model_config, pre, _card(cfg, header, seconds))
+        model_id = model_dir.name
+    return TrainResult(run, model_dir, model_id, cfg.steps, loss_value, seconds)
+
+
+def _card(cfg: TrainConfig, header: dict, seconds: float) -> dict:
+    return {
+        "summary": "Diffusion autoencoder (DiffAE) trained without labels on the store's sagittal CT slices.",
+        "weights": "EMA of the whole model (encoder + UNet)",
+        "config": cfg.config,
+        "steps": cfg.steps,
+        "images_seen": cfg.steps * cfg.batch_size,
+        "data_hash": header["data_hash"],
+        "n_train_slices": header["n_train_slices"],
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "train_config": asdict(cfg),
+    }
+
+
+def _progress(total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+
+
+def _preview(path: Path, ema, images: torch.Tensor, pre: Preprocess, cfg: TrainConfig, device) -> None:
+    """A PNG grid from the EMA model: 8 fixed training slices, their reconstructions, and samples."""
+    from .evaluate import generate, reconstruct, save_grid
+
+    idx = np.linspace(0, len(images) - 1, num=min(8, len(images))).round().astype(int)
+    x0 = pre.to_model(images[idx]).to(device)
+    with torch.no_grad():
+        rec = reconstruct(ema, x0, cfg.preview_steps)
+        gen = generate(ema, x0.flip(0), cfg.preview_steps, seed=cfg.seed)
+    save_grid([x0, rec, gen], path, labels=["input", "reconstruction", "sample (z of another slice, random x_T)"])
+
+
+def steps_for(samples: int | None, steps: int | None, batch_size: int) -> int | None:
+    """`--samples N` as a step count (rounded up), or `--steps` unchanged."""
+    if samples is not None and steps is not None:
+        raise InputError("give --steps or --samples, not both")
+    return math.ceil(samples / batch_size) if samples is not None else steps
+
+
+def run_from_cli(overrides: dict, steps=None, samples=None, store=None, out=None, resume=False, device=None,
+                 progress=True) -> TrainResult:
+    """`latentstore train`: options left unset (None) take the defaults, or, with --resume, the run's own."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    run = Path(out) if out else Path("runs") / f"train-{given.get('config', TrainConfig.config)}"
+    try:
+        if resume and latest_checkpoint(run) is not None:
+            base = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text())["train"])
+            clash = sorted(k for k, v in given.items() if k not in _COSMETIC and getattr(base, k) != v)
+            if clash:
+                raise InputError(f"--resume: {run} was started with other {clash}; drop them or use a new --out")
+            cfg = replace(base, **given, steps=steps_for(samples, steps, base.batch_size) or base.steps)
+        else:
+            batch = given.get("batch_size", TrainConfig.batch_size)
+            cfg = TrainConfig(**given, steps=steps_for(samples, steps, batch) or TrainConfig.steps)
+    except (ValueError, TypeError) as e:
+        raise InputError(str(e)) from None
+    return train(cfg, store=store, out=run, resume=resume, device=device, progress=progress)
