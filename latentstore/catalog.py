@@ -144,6 +144,15 @@ def start_run(store: Store, stage: str, args: dict) -> str:
     return run_id
 
 
+def close_dead_runs(store: Store, stage: str) -> int:
+    """Mark runs of `stage` still "running" as "killed"; return how many. Call it only while holding
+    the stage's lock: then no such run can be alive, and a row left "running" was a killed process."""
+    with writer(store) as con:
+        n = con.execute("SELECT count(*) FROM runs WHERE stage = ? AND status = 'running'", [stage]).fetchone()[0]
+        con.execute("UPDATE runs SET status = 'killed' WHERE stage = ? AND status = 'running'", [stage])
+    return n
+
+
 def record_errors(store: Store, run_id: str, rows: Iterable[ErrorRow]) -> int:
     """Append error rows for `run_id`; return how many."""
     now = utcnow()

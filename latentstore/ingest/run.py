@@ -23,6 +23,7 @@ worked and its error rows say what to fix. Argument and store problems stop the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -108,6 +109,7 @@ def ingest(
     with st.lock("ingest"):
         salt = st.salt()
         args = {"archive": str(root), "store": st.root, "address": address, "workers": workers, "slicing": json.loads(slicing.to_json())}
+        catalog.close_dead_runs(st, "ingest")  # we hold the ingest lock: any "running" ingest is dead
         run_id = catalog.start_run(st, "ingest", args)
         summary = IngestSummary(run_id=run_id, archive=str(root), store=st.root)
         errors = _ErrorSink(st, run_id, summary, root)
@@ -164,7 +166,9 @@ def _submit_all(todo, keys, slicing, st: Store, run_id, root, address, workers, 
                 if src is None:
                     exhausted = True
                     break
-                pending[task.remote(src, keys[src.scan_id], slicing, st.root, run_id, str(root))] = src
+                # The raw patient identifier stays in the driver: tasks get the source without it.
+                bare = dataclasses.replace(src, patient="")
+                pending[task.remote(bare, keys[src.scan_id], slicing, st.root, run_id, str(root))] = src
             if not pending:
                 break
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -466,10 +470,12 @@ class _Progress:
 
 
 def summary_table(s: IngestSummary):
-    """The run's summary as a rich table (the CLI and the job print it)."""
+    """The run's summary as a rich renderable: a table of counts, errors by reason, the run id."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_header=False, box=None, caption=f"run {s.run_id}: {s.status}, {s.seconds:.1f} s", caption_justify="left")
+    table = Table(show_header=False, box=None)
     table.add_column(style="bold", min_width=32)
     table.add_column(justify="right")
     for label, value in [
@@ -480,4 +486,4 @@ def summary_table(s: IngestSummary):
         table.add_row(label, str(value))
     for reason, n in list(s.errors_by_reason.items())[:12]:
         table.add_row(f"  {reason}", str(n), style="red")
-    return table
+    return Group(table, Text(f"run {s.run_id}: {s.status}, {s.seconds:.1f} s", style="dim"))

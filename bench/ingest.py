@@ -1,0 +1,221 @@
+"""Benchmark of `latentstore ingest`: throughput against bare NIfTI decoding, and memory against archive size.
+
+    python bench/ingest.py [--patients 25,100] [--workers 1,2] [--seed 0] [--work DIR] [--json OUT.json]
+
+For every archive size N (a synthetic archive, `latentstore synth OUT --patients N`, built once and
+cached under --work):
+
+* **baseline**: load and decompress every CT of the archive with nibabel in this process
+  (`np.asanyarray(nib.load(ct).dataobj)`), nothing else: the floor any ingest pays.
+* **ingest** with W Ray workers (a fresh local Ray with W CPUs and an empty store per run): scan, hash,
+  load, cut, write and publish Parquet, record errors. Ray's start is timed apart (`ray_start_s`); the
+  throughput counts from the call of `ingest()` to its return, worker start-up included.
+
+Throughput is reported as slices per second and as the ratio to the baseline measured in the same run
+(`ratio = ingest slices/s / baseline slices/s`), since absolute times on a shared machine are noisy.
+Memory: peak PSS (proportional set size, so shared pages are not counted twice; RSS where PSS is not
+available) of the driver, of the Ray workers, and of everything (driver + workers + Ray's own
+processes), sampled every 50 ms from /proc. The driver holds only small per-scan summaries and a worker
+one volume at a time, so the peaks should not grow from 25 to 100 patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from latentstore.ingest import scan_archive  # noqa: E402
+from latentstore.ingest.run import ingest  # noqa: E402
+
+MiB = 1024**2
+
+
+# -- memory sampling from /proc ----------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += tree.get(p, [])
+    return out
+
+
+def _memory(pid: int) -> int:
+    """PSS in bytes (RSS where smaps_rollup is unavailable); 0 for a process that is gone."""
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class MemorySampler(threading.Thread):
+    """Peaks of driver, Ray worker and total memory of this process tree, sampled in the background."""
+
+    def __init__(self, interval_s: float = 0.05):
+        super().__init__(daemon=True)
+        self.interval_s, self.stop_flag = interval_s, threading.Event()
+        self.peak = {"driver": 0, "workers": 0, "total": 0}
+        self.root = os.getpid()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            driver = workers = total = 0
+            for pid in _descendants(self.root):
+                m = _memory(pid)
+                total += m
+                if pid == self.root:
+                    driver = m
+                elif "default_worker.py" in _cmdline(pid) or _cmdline(pid).startswith("ray::"):
+                    workers += m
+            for key, value in (("driver", driver), ("workers", workers), ("total", total)):
+                self.peak[key] = max(self.peak[key], value)
+            time.sleep(self.interval_s)
+
+    def stop(self) -> dict[str, float]:
+        self.stop_flag.set()
+        self.join()
+        return {f"peak_{k}_mib": round(v / MiB, 1) for k, v in self.peak.items()}
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------
+
+
+def make_archive(root: Path, patients: int, seed: int) -> Path:
+    """The synthetic archive of `patients` patients (cached: built once per size and seed)."""
+    out = root / f"archive-{patients}-seed{seed}"
+    if not (out / ".complete").exists():
+        from latentstore.synth import synth_archive
+
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        synth_archive(out, patients=patients, seed=seed)
+        (out / ".complete").write_text(f"{time.perf_counter() - t:.1f} s\n")
+    return out
+
+
+def baseline(archive: Path) -> dict:
+    """Seconds to load and decompress every CT of `archive` with nibabel, and the voxels read."""
+    sources, _ = scan_archive(archive)
+    t = time.perf_counter()
+    voxels = 0
+    for src in sources:
+        if src.format == "nifti":
+            voxels += np.asanyarray(nib.load(src.ct).dataobj).size
+    return {"scans": len(sources), "seconds": time.perf_counter() - t, "voxels": voxels}
+
+
+def ingest_run(archive: Path, store: Path, workers: int) -> dict:
+    """One cold ingest into an empty store with a fresh local Ray of `workers` CPUs."""
+    import ray
+
+    shutil.rmtree(store, ignore_errors=True)
+    sampler = MemorySampler()
+    sampler.start()
+    t = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=256 * MiB)
+    ray_start = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        summary = ingest(archive, store, workers=workers, progress=False)
+        seconds = time.perf_counter() - t
+    finally:
+        ray.shutdown()
+        memory = sampler.stop()
+    parts = list((store / "slices").glob("*.parquet"))
+    return {
+        "workers": workers, "ray_start_s": round(ray_start, 2), "seconds": round(seconds, 2),
+        "scans": summary.scans_ingested, "slices": summary.slices_written, "errors": summary.errors,
+        "store_mib": round(sum(p.stat().st_size for p in parts) / MiB, 2), **memory,
+    }  # fmt: skip
+
+
+def run(patients: list[int], workers: list[int], seed: int, work: Path) -> list[dict]:
+    rows = []
+    for n in patients:
+        archive = make_archive(work, n, seed)
+        base = baseline(archive)
+        archive_mib = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file()) / MiB
+        for w in workers:
+            r = ingest_run(archive, work / f"store-{n}-{w}", w)
+            base_rate = r["slices"] / base["seconds"]  # slices/s if ingest cost no more than decoding
+            rate = r["slices"] / r["seconds"]
+            rows.append({
+                "patients": n, "archive_mib": round(archive_mib, 1), "baseline_s": round(base["seconds"], 2),
+                "baseline_slices_per_s": round(base_rate, 1), "slices_per_s": round(rate, 1),
+                "ratio": round(rate / base_rate, 3), **r,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--patients", default="25,100", help="archive sizes, comma-separated")
+    p.add_argument("--workers", default="1,2", help="Ray worker counts, comma-separated")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "latentstore-bench-ingest",
+                   help="archives (cached) and stores; outside the checkout by default")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    a = p.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    rows = run([int(x) for x in a.patients.split(",")], [int(x) for x in a.workers.split(",")], a.seed, a.work)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ingest benchmark ({os.cpu_count()} CPUs; ratio = ingest slices/s / nibabel-decode slices/s, same run)")
+    cols = ["patients", "workers", "slices", "seconds", "slices_per_s", "baseline_slices_per_s", "ratio", "ray_start_s",
+            "peak_driver_mib", "peak_workers_mib", "peak_total_mib", "store_mib"]  # fmt: skip
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in cols))
+    Console().print(table)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
