@@ -64,7 +64,7 @@ def make_archive(root: Path, n: int = 3, start: int = 0) -> Path:
     return root
 
 
-def write_dicom_scan(folder: Path, seed: int, patient_id: str, patient_name: str) -> Path:
+def write_dicom_scan(folder: Path, seed: int, patient_id: str, patient_name: str, modality: str = "CT") -> Path:
     """The phantom of `seed` as an axial CT DICOM series (one file per 1 mm slice) in `folder`, with a
     world-coordinate `centroids.json` (RAS) beside it. Carries `patient_id`/`patient_name` in its
     headers so tests can check they never reach the store."""
@@ -84,7 +84,7 @@ def write_dicom_scan(folder: Path, seed: int, patient_id: str, patient_name: str
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.PatientID, ds.PatientName = patient_id, patient_name
-        ds.Modality, ds.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.Modality, ds.ImageType = modality, ["ORIGINAL", "PRIMARY", "AXIAL"]
         # LPS: rows run along +x (L), columns along +y (P); pixel (r, c) of slice k is voxel (c, r, k).
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, float(k)]

@@ -338,3 +338,25 @@ def test_driver_killed_with_sigkill_then_rerun_gives_the_store_of_one_clean_run(
         assert [r[0] for r in con.execute("SELECT status FROM runs ORDER BY started").fetchall()] == ["killed", "ok"]
     finally:
         con.close()
+
+
+def test_bad_dicom_inputs_each_get_an_error_row_and_the_rest_is_ingested(tmp_path):
+    archive, store = tmp_path / "archive", tmp_path / "store"
+    write_dicom_scan(archive / "good", seed=30, patient_id="P1", patient_name="A^B")
+    write_dicom_scan(archive / "mr", seed=31, patient_id="P2", patient_name="C^D", modality="MR")  # not a CT
+    write_dicom_scan(archive / "nocentroids", seed=32, patient_id="P3", patient_name="E^F")
+    (archive / "nocentroids" / "centroids.json").unlink()
+    write_dicom_scan(archive / "truncated", seed=33, patient_id="P4", patient_name="G^H")
+    victim = archive / "truncated" / "IM0050"
+    victim.write_bytes(victim.read_bytes()[:-500])  # pixel data cut short
+    (archive / "stray").mkdir()
+    (archive / "stray" / "empty.dcm").write_bytes(b"")
+    s = run(archive, store)
+
+    assert s.scans_ingested == 1 and s.slices_written == len(LEVELS) and s.status == "partial"
+    errors = errors_of(store, s.run_id)
+    folders = {source.split("/")[0] for source, *_ in errors}
+    assert folders == {"mr", "nocentroids", "truncated", "stray"}, errors
+    assert all(not source.startswith("/") for source, *_ in errors)
+    assert any("empty" in reason for source, _, reason, *_ in errors if source.startswith("stray"))
+    assert any("centroid" in reason for source, _, reason, *_ in errors if source.startswith("nocentroids"))
