@@ -217,7 +217,7 @@ def train(
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     log = run / "log.jsonl"
-    start, seconds = 0, 0.0
+    start, seconds, loss_value = 0, 0.0, float("nan")
 
     last = latest_checkpoint(run)
     if resume and last is not None:
@@ -230,7 +230,7 @@ def train(
         ema.load_state_dict(ckpt.load_tensors(last / "ema.safetensors"))
         ckpt.load_optimizer(last / "optimizer.safetensors", opt)
         state = json.loads((last / "state.json").read_text())
-        start, seconds = state["step"], state.get("seconds", 0.0)
+        start, seconds, loss_value = state["step"], state.get("seconds", 0.0), state.get("loss", float("nan"))
         _trim_log(log, start)
         (run / "train_config.json").write_text(json.dumps(header, indent=2) + "\n")  # steps may have grown
     elif last is not None:
@@ -242,7 +242,7 @@ def train(
 
     # bf16 autocast on a GPU (DiffAE used fp16; bf16 needs no loss scaler); CPU autocast is slower, so fp32.
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    loss_value = float("nan")
+    done = start
     bar = _progress(cfg.steps) if progress else None
     net.train()
     with bar or contextlib.nullcontext(), log.open("a") as logf:
@@ -274,18 +274,19 @@ def train(
 
     model_dir = model_id = None
     if register:
-        model_dir = ckpt.register_model(store, ema.state_dict(), model_config, pre, _card(cfg, header, seconds))
+        card = _card(cfg, header, done, seconds)
+        model_dir = ckpt.register_model(store, ema.state_dict(), model_config, pre, card)
         model_id = model_dir.name
-    return TrainResult(run, model_dir, model_id, cfg.steps, loss_value, seconds)
+    return TrainResult(run, model_dir, model_id, done, loss_value, seconds)
 
 
-def _card(cfg: TrainConfig, header: dict, seconds: float) -> dict:
+def _card(cfg: TrainConfig, header: dict, done: int, seconds: float) -> dict:
     return {
         "summary": "Diffusion autoencoder (DiffAE) trained without labels on the store's sagittal CT slices.",
         "weights": "EMA of the whole model (encoder + UNet)",
         "config": cfg.config,
-        "steps": cfg.steps,
-        "images_seen": cfg.steps * cfg.batch_size,
+        "steps": done,
+        "images_seen": done * cfg.batch_size,
         "data_hash": header["data_hash"],
         "n_train_slices": header["n_train_slices"],
         "train_seconds": round(seconds, 1),
