@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from latentstore import __version__
@@ -16,13 +17,20 @@ def test_version():
     assert __version__ in result.output
 
 
+def _command_paths(cmd, prefix=()):
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield (*prefix, name)
+        yield from _command_paths(sub, (*prefix, name))
+
+
 def test_every_command_has_help():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    names = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
-    for name in names:
-        sub = runner.invoke(app, [name, "--help"])
-        assert sub.exit_code == 0, (name, sub.output)
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert ("slices", "show") in paths
+    for path in paths:
+        sub = runner.invoke(app, [*path, "--help"])
+        assert sub.exit_code == 0, (path, sub.output)
         assert "Usage" in sub.output
 
 

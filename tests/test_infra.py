@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import typer
 import yaml
 
 from latentstore.cli import app
@@ -27,7 +28,7 @@ def test_manifests_parse_with_kind_and_name():
 
 
 def test_job_entry_points_exist():
-    commands = {c.name for c in app.registered_commands}
+    commands = set(typer.main.get_command(app).commands)
     for path, docs in _docs():
         text = path.read_text()
         for script in re.findall(r"/app/(jobs/\w+\.py)", text):
