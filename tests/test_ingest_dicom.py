@@ -83,8 +83,11 @@ def write_series(
 
 
 def write_sidecar(folder: Path, space: str = "LPS"):
+    """The sidecar as `latentstore synth --dicom` writes it (extra keys are ignored by the reader)."""
     c = BODY_LPS if space == "LPS" else BODY_C
-    (folder / "centroids.json").write_text(json.dumps({"space": space, "centroids": [{"label": 20, "x": c[0], "y": c[1], "z": c[2]}]}))
+    sidecar = {"format": "latentstore-synth-centroids/1", "space": space, "units": "mm",
+               "centroids": [{"label": 20, "level": "L1", "x": c[0], "y": c[1], "z": c[2]}]}
+    (folder / "centroids.json").write_text(json.dumps(sidecar))
 
 
 def write_dose_report(path: Path, study: str):
@@ -230,3 +233,23 @@ def test_real_jpeg2000_series(real_data):
     sources, errors = scan_archive(real_data / "dicom-ct")
     assert sources == [] and len(errors) == 1 and "no centroid sidecar" in errors[0].reason
     assert errors[0].scan_id.startswith("dcm-")
+
+
+def test_synth_archive_dicom_and_nifti_agree(tmp_path):
+    """`latentstore synth --dicom` writes each scan twice (VerSe NIfTI, DICOM study): both load to the
+    same centroids and the same slices, within the centroid files' rounding."""
+    synth = pytest.importorskip("latentstore.synth.archive")
+    synth.synth_archive(tmp_path, patients=1, seed=3, dicom=True, levels="L1-L3", workers=1, progress=False, sheet=False)
+    sources, errors = scan_archive(tmp_path)
+    assert errors == [] and sorted(s.format for s in sources) == ["dicom", "nifti"]
+    nii, dcm = sorted(sources, key=lambda s: s.format, reverse=True)
+    assert dcm.patient == nii.patient  # PatientID is the BIDS subject
+    cuts = {}
+    for src in (nii, dcm):
+        slices, skipped = cut_slices(load_scan(src))
+        assert skipped == []
+        cuts[src.format] = slices
+    assert [c.level for c in cuts["nifti"]] == [c.level for c in cuts["dicom"]] == [20, 21, 22]
+    for a, b in zip(cuts["nifti"], cuts["dicom"]):
+        assert np.linalg.norm(a.centroid_mm - b.centroid_mm) < 0.2  # 0.1 voxel vs 0.01 mm rounding
+        assert np.abs(a.image.astype(int) - b.image).max() < 80
