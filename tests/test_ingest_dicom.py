@@ -48,7 +48,8 @@ def write_series(
     normal = np.cross(row_dir, col_dir)
     rows, cols = size
     r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    first = BODY_LPS - row_dir * pixel_mm[1] * (cols - 1) / 2 - col_dir * pixel_mm[0] * (rows - 1) / 2 - normal * step * (n - 1) / 2
+    half = row_dir * pixel_mm[1] * (cols - 1) / 2 + col_dir * pixel_mm[0] * (rows - 1) / 2 + normal * step * (n - 1) / 2
+    first = BODY_LPS - half  # IPP of the lowest slice
     order = list(range(n))
     random.Random(n).shuffle(order)
     paths = []
@@ -107,7 +108,8 @@ def study(tmp_path) -> tuple[Path, list[Path]]:
     root = tmp_path / "dicom" / "sub-1"
     uid = generate_uid()
     ct = write_series(root / "ct", uid)
-    write_series(root / "scout", uid, n=3, iop=(0, 1, 0, 0, 0, -1), size=(64, 80), image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    localizer = ("ORIGINAL", "PRIMARY", "LOCALIZER")
+    write_series(root / "scout", uid, n=3, iop=(0, 1, 0, 0, 0, -1), size=(64, 80), image_type=localizer)
     write_series(root / "mr", uid, n=12, modality="MR", sop_class=MRImageStorage)
     write_series(root / "thick", uid, n=20, step=5.0)
     write_series(root / "mpr", uid, n=50, step=2.0, image_type=("DERIVED", "SECONDARY", "MPR"))
@@ -239,7 +241,8 @@ def test_synth_archive_dicom_and_nifti_agree(tmp_path):
     """`latentstore synth --dicom` writes each scan twice (VerSe NIfTI, DICOM study): both load to the
     same centroids and the same slices, within the centroid files' rounding."""
     synth = pytest.importorskip("latentstore.synth.archive")
-    synth.synth_archive(tmp_path, patients=1, seed=3, dicom=True, levels="L1-L3", workers=1, progress=False, sheet=False)
+    synth.synth_archive(tmp_path, patients=1, seed=3, dicom=True, levels="L1-L3", workers=1, progress=False,
+                        sheet=False)
     sources, errors = scan_archive(tmp_path)
     assert errors == [] and sorted(s.format for s in sources) == ["dicom", "nifti"]
     nii, dcm = sorted(sources, key=lambda s: s.format, reverse=True)

@@ -71,13 +71,15 @@ def test_plain_nifti_sidecars(tmp_path):
     hu, aff = phantom_array("LPS", (1, 1, 1.5))
     # CSV with level names, LPS space.
     save(tmp_path / "a" / "scan1.nii.gz", hu, aff)
-    (tmp_path / "a" / "scan1_centroids.csv").write_text(f"label,x,y,z,space\nL1,{-BODY_C[0]},{-BODY_C[1]},{BODY_C[2]},LPS\n")
+    x, y, z = BODY_C
+    (tmp_path / "a" / "scan1_centroids.csv").write_text(f"label,x,y,z,space\nL1,{-x},{-y},{z},LPS\n")
     # World JSON (RAS by default) named <stem>_ctd.json.
     save(tmp_path / "b" / "scan2.nii", hu + 1, aff)
-    (tmp_path / "b" / "scan2_ctd.json").write_text(json.dumps({"centroids": [{"label": 20, "x": BODY_C[0], "y": BODY_C[1], "z": BODY_C[2]}]}))
+    (tmp_path / "b" / "scan2_ctd.json").write_text(json.dumps({"centroids": [{"label": 20, "x": x, "y": y, "z": z}]}))
     # A folder-level centroids.json beside a lone CT, inside a sub-X folder: the patient comes from it.
     save(tmp_path / "sub-77" / "ct.nii.gz", hu + 2, aff)
-    (tmp_path / "sub-77" / "centroids.json").write_text(json.dumps({"space": "RAS", "centroids": [{"label": "L1", "x": BODY_C[0], "y": BODY_C[1], "z": BODY_C[2]}]}))
+    world = {"space": "RAS", "centroids": [{"label": "L1", "x": x, "y": y, "z": z}]}
+    (tmp_path / "sub-77" / "centroids.json").write_text(json.dumps(world))
     sources, errors = scan_archive(tmp_path)
     assert errors == []
     by_id = {s.scan_id: s for s in sources}

@@ -182,7 +182,8 @@ def test_real_verse_centroids_land_on_their_labels(real_data):
     coordinates, hits its own label in the mask resampled to 1 mm isotropic (nearest neighbour)."""
     msk = nib.load(real_data / "verse-sample" / "sub-verse004_seg-vert_msk.nii.gz")
     labels = np.rint(np.asanyarray(msk.dataobj)).astype(np.int16)
-    centroids, skipped = read_centroid_file(real_data / "verse-sample" / "sub-verse004_seg-subreg_ctd.json", msk.affine, labels.shape)
+    ctd = real_data / "verse-sample" / "sub-verse004_seg-subreg_ctd.json"
+    centroids, skipped = read_centroid_file(ctd, msk.affine, labels.shape)
     assert sorted(centroids) == list(range(16, 25)) and skipped == []
     iso, iso_aff = resample_iso((labels, msk.affine), 1.0, order=0, pad=0)
     inv = np.linalg.inv(iso_aff)
@@ -196,7 +197,8 @@ def test_real_verse_slices_centre_on_the_body(real_data):
     label's anterior edge (the body's front) is left of the centre, its posterior elements right."""
     msk = nib.load(real_data / "verse-sample" / "sub-verse004_seg-vert_msk.nii.gz")
     labels = np.rint(np.asanyarray(msk.dataobj)).astype(np.int16)
-    centroids, _ = read_centroid_file(real_data / "verse-sample" / "sub-verse004_seg-subreg_ctd.json", msk.affine, labels.shape)
+    ctd = real_data / "verse-sample" / "sub-verse004_seg-subreg_ctd.json"
+    centroids, _ = read_centroid_file(ctd, msk.affine, labels.shape)
     vol = Volume(labels, msk.affine, centroids, dummy_source())
     slices, skipped = cut_slices(vol, SlicingConfig(order=0, pad_hu=0))
     assert [s.level for s in slices] == list(range(16, 25)) and skipped == []

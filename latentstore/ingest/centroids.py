@@ -63,7 +63,8 @@ def read_centroid_file(path: Path, affine: np.ndarray, shape: tuple[int, ...]) -
             raise InputError(f"{path}: 'centroids' must be a list of {{label, x, y, z}} objects")
         return _world_rows([{**r, "space": space} if isinstance(r, dict) else r for r in rows], path)
     verse = parse_centroids(data, str(path))
-    return _verse_to_world(verse, affine, shape, path), [(lab, "centroid is NaN in the centroid file") for lab in verse.missing]
+    skipped = [(lab, "centroid is NaN in the centroid file") for lab in verse.missing]
+    return _verse_to_world(verse, affine, shape, path), skipped
 
 
 def _verse_to_world(verse, affine: np.ndarray, shape: tuple[int, ...], path: Path) -> Centroids:

@@ -248,10 +248,9 @@ def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]
     if not candidates:
         return None, dropped, []
     best = max(candidates, key=lambda c: c.key)
-    log.info(
-        "study %s: chose series %s (%d slices, %.2f mm step) of %d candidate(s)",
-        hashed_uid(headers[0].study or str(headers[0].path.parent), "study-"), best.name, len(best.headers), best.step, len(candidates),
-    )
+    study = hashed_uid(headers[0].study or str(headers[0].path.parent), "study-")
+    log.info("study %s: chose series %s (%d slices, %.2f mm step) of %d candidate(s)",
+             study, best.name, len(best.headers), best.step, len(candidates))
     return best.headers, dropped, best.defects
 
 

@@ -36,7 +36,8 @@ def read_volume(path: Path, what: str = "CT") -> tuple[np.ndarray, np.ndarray]:
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
         if len(shape) != 3:
-            raise InputError(f"{path.name}: {what} has {len(img.shape)} dimensions {tuple(img.shape)}, expected a 3D volume")
+            dims = f"{len(img.shape)} dimensions {tuple(img.shape)}"
+            raise InputError(f"{path.name}: {what} has {dims}, expected a 3D volume")
         if min(shape) < 2:
             raise InputError(f"{path.name}: {what} is a single slice {tuple(shape)}, expected a 3D volume")
         data = np.asanyarray(img.dataobj).reshape(shape)

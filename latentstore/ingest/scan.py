@@ -26,10 +26,11 @@ a `sub-X` folder above it, else the stem. Two different scans with the same name
 `-<content_hash[:8]>` appended.
 
 **DICOM** (files with the `DICM` magic, or named `*.dcm`/`*.dicom`/`*.ima`): one `ScanSource` per study,
-the series chosen as described in `dicom.py`, `scan_id` = `dcm-<sha256(SeriesInstanceUID)[:12]>` (`dcm-<content_hash[:12]>` when the UID is blank), patient
-= PatientID (else the StudyInstanceUID, so unnamed studies are never merged). Centroids come from a
-world-coordinate sidecar `centroids.json` or `centroids.csv` in the series folder or the nearest folder
-above it (up to `root`).
+the series chosen as described in `dicom.py`, `scan_id` = `dcm-<sha256(SeriesInstanceUID)[:12]>`
+(`dcm-<content_hash[:12]>` when the UID is blank), patient = PatientID (else the StudyInstanceUID, so
+unnamed studies are never merged). Centroids come from a world-coordinate sidecar `centroids.json` or
+`centroids.csv` (format in `centroids.py`; `latentstore synth --dicom` writes LPS JSON) in the series
+folder or the nearest folder above it (up to `root`).
 
 Files with identical bytes are ingested once: every later copy (in sorted path order) gets an error
 record "duplicate of <first>".
@@ -51,7 +52,9 @@ _MASK_STEM = re.compile(r"(_msk|_mask|_seg|_labels?|_lbl)$|_seg-")
 _BIDS_CT = re.compile(r"^(?P<sub>sub-[A-Za-z0-9]+)(?P<ents>(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)_ct$")
 _SUB_DIR = re.compile(r"^sub-[A-Za-z0-9]+$")
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
-_CENTROID_NAMES = ["{p}_seg-subreg_ctd.json", "{p}_seg-vb_ctd.json", "{p}_ctd.json", "{p}_centroids.json", "{p}_centroids.csv"]
+_CENTROID_NAMES = [
+    "{p}_seg-subreg_ctd.json", "{p}_seg-vb_ctd.json", "{p}_ctd.json", "{p}_centroids.json", "{p}_centroids.csv",
+]
 _MASK_NAMES = ["{p}_seg-vert_msk", "{p}_seg", "{p}_msk", "{p}_mask"]
 _SIDECARS = ["centroids.json", "centroids.csv"]
 
@@ -164,8 +167,9 @@ def _nifti_sources(paths: list[Path], seen: dict[bytes, Path], errors: list[Erro
             patient = next((p for p in reversed(ct.parent.parts) if _SUB_DIR.match(p)), stem)
         centroids, mask = _nifti_sidecars(ct, stem, alone=per_folder[ct.parent] == 1)
         if centroids is None and mask is None:
-            errors.append(ErrorRecord(str(ct), "scan", "no centroid file and no vertebra mask found beside the CT "
-                                      f"(e.g. {_base(stem)}_seg-subreg_ctd.json, {stem}_centroids.csv)", scan_id=scan_id))
+            why = (f"no centroid file and no vertebra mask found beside the CT "
+                   f"(e.g. {_base(stem)}_seg-subreg_ctd.json, {stem}_centroids.csv)")
+            errors.append(ErrorRecord(str(ct), "scan", why, scan_id=scan_id))
             continue
         sources.append(ScanSource(scan_id, "nifti", ct, (ct,), centroids, mask, patient, digest.hex()))
     return sources
@@ -188,12 +192,13 @@ def _search_dirs(folder: Path) -> list[Path]:
 def _nifti_sidecars(ct: Path, stem: str, alone: bool) -> tuple[Path | None, Path | None]:
     prefixes = list(dict.fromkeys([_base(stem), stem]))
     dirs = _search_dirs(ct.parent)
-    centroids = _first_existing(d / n.format(p=p) for p in prefixes for n in _CENTROID_NAMES for d in dirs)
-    if centroids is None:
-        centroids = next((f for p in prefixes for d in dirs if d.is_dir() for f in sorted(d.glob(f"{p}_*ctd.json"))), None)
-    if centroids is None and alone:
-        centroids = _first_existing(ct.parent / n for n in _SIDECARS)
-    mask = _first_existing(d / (n.format(p=p) + ext) for p in prefixes for n in _MASK_NAMES for ext in (".nii.gz", ".nii") for d in dirs)
+    named = [d / n.format(p=p) for p in prefixes for n in _CENTROID_NAMES for d in dirs]
+    other_ctd = [f for p in prefixes for d in dirs if d.is_dir() for f in sorted(d.glob(f"{p}_*ctd.json"))]
+    folder_level = [ct.parent / n for n in _SIDECARS] if alone else []
+    centroids = _first_existing(named + other_ctd + folder_level)
+    masks = [d / f"{n.format(p=p)}{ext}" for p in prefixes for n in _MASK_NAMES for ext in (".nii.gz", ".nii")
+             for d in dirs]
+    mask = _first_existing(masks)
     return centroids, mask
 
 
@@ -205,7 +210,9 @@ def _first_existing(paths) -> Path | None:
 # DICOM
 
 
-def _dicom_sources(root: Path, paths: list[Path], seen: dict[bytes, Path], errors: list[ErrorRecord]) -> list[ScanSource]:
+def _dicom_sources(
+    root: Path, paths: list[Path], seen: dict[bytes, Path], errors: list[ErrorRecord]
+) -> list[ScanSource]:
     studies: dict[str, list[dicom.Header]] = defaultdict(list)
     for path in paths:
         try:

@@ -185,7 +185,9 @@ def cut_slices(vol: "Volume", cfg: SlicingConfig = SlicingConfig()) -> tuple[lis
     return slices, skipped
 
 
-def resample_iso(img_or_vol, spacing_mm: float = 1.0, order: int = 1, pad: float = -1024) -> tuple[np.ndarray, np.ndarray]:
+def resample_iso(
+    img_or_vol, spacing_mm: float = 1.0, order: int = 1, pad: float = -1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Reorient and resample a whole volume to a world-aligned RAS+ grid of `spacing_mm` mm voxels.
 
     Args:
