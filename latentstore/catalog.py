@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import StoreError
@@ -61,14 +63,14 @@ def new_run_id(stage: str) -> str:
 def writer(store: Store, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
     """A read-write connection inside one transaction, under the catalog lock; tables and views exist.
 
-    Commits when the block ends, rolls back when it raises. Waits up to `timeout_s` for another writer.
+    Commits when the block ends, rolls back when it raises. Waits up to `timeout_s` for another writer
+    (or for a process that holds the file open read-only).
     """
-    import duckdb
-
+    deadline = time.monotonic() + timeout_s
     with store.lock("catalog", timeout_s=timeout_s):
         path = store.local_path(CATALOG)
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path))
+        con = _connect(path, read_only=False, deadline=deadline)
         try:
             con.execute("BEGIN")
             _ensure_tables(con)
@@ -82,17 +84,34 @@ def writer(store: Store, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator["duckdb.
             con.close()
 
 
-def reader(store: Store) -> "duckdb.DuckDBPyConnection":  # noqa: F821
-    """A read-only connection to the catalog (StoreError when there is none yet)."""
-    import duckdb
-
+def reader(store: Store, timeout_s: float = 10.0) -> "duckdb.DuckDBPyConnection":  # noqa: F821
+    """A read-only connection to the catalog (StoreError when there is none yet, or when a writer holds
+    it for longer than `timeout_s`)."""
     path = store.local_path(CATALOG)
     if not path.exists():
         raise StoreError(f"no catalog at {path}; run `latentstore ingest` first")
-    try:
-        return duckdb.connect(str(path), read_only=True)
-    except duckdb.IOException as e:
-        raise StoreError(f"cannot open {path} read-only: {e}") from None
+    return _connect(path, read_only=True, deadline=time.monotonic() + timeout_s)
+
+
+def _connect(path: Path, read_only: bool, deadline: float):
+    """Open the DuckDB file, waiting while another process has it open in a conflicting mode.
+
+    DuckDB locks the file itself: a writer excludes everyone, readers exclude a writer. Writers keep it
+    open for milliseconds, so waiting briefly is enough for them; a reader left open (a notebook) makes
+    a writer wait until `deadline` and then fail with a message saying so.
+    """
+    import duckdb
+
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise StoreError(f"cannot open {path}: {e}") from None
+            if time.monotonic() >= deadline:
+                who = "a writer" if read_only else "another process (a notebook or `latentstore sql` left open?)"
+                raise StoreError(f"cannot open {path}: it is held by {who}") from None
+            time.sleep(0.05)
 
 
 def _ensure_tables(con) -> None:

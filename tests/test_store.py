@@ -176,3 +176,35 @@ def test_catalog_writers_take_turns(tmp_path):
     con = catalog.reader(st)
     assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
     con.close()
+
+
+def test_writer_waits_for_a_reader_left_open_then_says_who_holds_the_catalog(tmp_path):
+    st = Store(tmp_path)
+    catalog.start_run(st, "ingest", {})
+    code = (
+        "import sys, time, duckdb\n"
+        "con = duckdb.connect(sys.argv[1], read_only=True)\nprint('open', flush=True)\n"
+        "time.sleep(float(sys.argv[2]))\ncon.close()\n"
+    )
+    path = str(tmp_path / "catalog.duckdb")
+    holder = subprocess.Popen([sys.executable, "-c", code, path, "30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="held by another process"):
+            _write_with(st, timeout_s=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+    # A reader that closes soon only delays the writer.
+    holder = subprocess.Popen([sys.executable, "-c", code, path, "0.5"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    _write_with(st, timeout_s=20)
+    holder.wait()
+    con = catalog.reader(st)
+    assert con.execute("SELECT count(*) FROM errors").fetchone() == (1,)
+    con.close()
+
+
+def _write_with(st: Store, timeout_s: float) -> None:
+    with catalog.writer(st, timeout_s=timeout_s) as con:
+        con.execute("INSERT INTO errors VALUES ('r', 'a', NULL, NULL, 'scan', 'b', now())")

@@ -184,7 +184,7 @@ def _submit_all(todo, keys, slicing, st: Store, run_id, root, address, workers, 
                 errors.maybe_flush()
     finally:
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)
         if started_ray:
             ray.shutdown()
 
@@ -408,11 +408,14 @@ class _ErrorSink:
 
     def maybe_flush(self) -> None:
         if self.buffer and time.monotonic() - self.last > ERROR_FLUSH_S:
-            self.flush()
+            try:
+                self.flush()
+            except StoreError:
+                self.last = time.monotonic()  # the catalog is busy: keep the rows, try again later
 
     def flush(self) -> None:
-        rows, self.buffer = self.buffer, []
-        catalog.record_errors(self.st, self.run_id, rows)
+        catalog.record_errors(self.st, self.run_id, self.buffer)  # raises before the buffer is dropped
+        self.buffer = []
         self.last = time.monotonic()
 
 
