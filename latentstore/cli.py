@@ -178,7 +178,8 @@ def eval_recon(
     n: Annotated[int, typer.Option("--n", min=2, help="Held-out slices to evaluate.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")] = 16,
     lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="Local LPIPS(alex) state dict; no downloads.")] = None,
-    grid: Annotated[Optional[Path], typer.Option("--grid", help="Reconstruction grid PNG [default: eval-recon-<model_id>.png].")] = None,
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Reconstruction grid PNG [default: eval-recon.png].")] = None,
+    record: Annotated[bool, typer.Option("--record", help="Write the metrics into the model's card.")] = False,
     store: StoreOpt = DEFAULT_STORE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -190,6 +191,10 @@ def eval_recon(
 
     result = run_eval(model, store, steps=steps, n=n, batch_size=batch_size, lpips_weights=lpips_weights,
                       grid=grid or "eval-recon.png")
+    if record:
+        from .checkpoint import resolve_model_dir, update_card
+
+        update_card(resolve_model_dir(model, store), metrics={k: v for k, v in result.items() if k != "grid"})
     if json_out:
         print(to_json(result))
         return

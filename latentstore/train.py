@@ -245,7 +245,7 @@ def train(
     done = start
     bar = _progress(cfg.steps) if progress else None
     net.train()
-    with bar or contextlib.nullcontext(), log.open("a") as logf:
+    with bar or contextlib.nullcontext(), log.open("a", buffering=1) as logf:  # line-buffered: tail -f works
         task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan")) if bar else None
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()

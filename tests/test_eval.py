@@ -66,7 +66,9 @@ def test_cli_eval_recon_json(model, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["model_id"] == model_id and data["steps"] == 1 and grid.is_file()
-    table = CliRunner().invoke(app, args)
+    table = CliRunner().invoke(app, [*args, "--record"])
     assert table.exit_code == 0 and "held-out slices" in table.output and "not computed" in table.output
+    card = json.loads((store / "models" / model_id / "card.json").read_text())
+    assert card["metrics"]["encoding"]["inv"]["mse"] >= 0 and card["metrics"]["n"] == 4
     missing = CliRunner().invoke(app, ["eval", "recon", "--model", "feedfacefeedface", "--store", str(store)])
     assert missing.exit_code == 3
