@@ -17,7 +17,10 @@ Throughput is reported as slices per second and as the ratio to the baseline mea
 Memory: peak PSS (proportional set size, so shared pages are not counted twice; RSS where PSS is not
 available) of the driver, of the Ray workers, and of everything (driver + workers + Ray's own
 processes), sampled every 100 ms from /proc. The driver holds only small per-scan summaries and a worker
-one volume at a time, so the peaks should not grow from 25 to 100 patients.
+one volume at a time, so the peaks should not grow from 25 to 100 patients. CPU time of the workers
+and of the whole tree (`cpu_ratio_*`, over the baseline's CPU time) is reported too: on a shared
+machine it is far steadier than seconds. Results of one run on the 2-core development machine are in
+the ingest issue note; rerun on the target machine before drawing conclusions about scaling.
 """
 
 from __future__ import annotations
@@ -91,33 +94,67 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-class MemorySampler(threading.Thread):
-    """Peaks of driver, Ray worker and total memory of this process tree, sampled in the background."""
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, in seconds (0 for a process that is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _is_worker(cmdline: str) -> bool:
+    # Ray renames its task workers "ray::IDLE" / "ray::<task name>" (its agents are "ray::...Agent");
+    # before that a worker is "python .../default_worker.py ...". The raylet only names that script.
+    argv = cmdline.split()
+    if not argv:
+        return False
+    if argv[0].startswith("ray::"):
+        return "Agent" not in argv[0]
+    return len(argv) > 1 and argv[1].endswith("default_worker.py")
+
+
+class ProcessSampler(threading.Thread):
+    """Peak memory and CPU time of this process tree (driver, Ray workers, Ray's own processes),
+    sampled in the background. CPU time counts what the processes used, not the wall clock, so it
+    is much less disturbed by other load on a shared machine than seconds are."""
 
     def __init__(self, interval_s: float = 0.1):
         super().__init__(daemon=True)
         self.interval_s, self.stop_flag = interval_s, threading.Event()
         self.peak = {"driver": 0, "workers": 0, "total": 0}
+        self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (is a worker, last CPU seconds seen)
         self.root = os.getpid()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
-            driver = workers = total = 0
-            for pid in _descendants(self.root):
-                m = _memory(pid)
-                total += m
-                if pid == self.root:
-                    driver = m
-                elif "default_worker.py" in _cmdline(pid) or _cmdline(pid).startswith("ray::"):
-                    workers += m
-            for key, value in (("driver", driver), ("workers", workers), ("total", total)):
-                self.peak[key] = max(self.peak[key], value)
+            self.sample()
             time.sleep(self.interval_s)
+
+    def sample(self) -> None:
+        driver = workers = total = 0
+        for pid in _descendants(self.root):
+            m = _memory(pid)
+            was_worker, cpu = self.cpu.get(pid, (False, 0.0))
+            # Sticky: an exiting worker's cmdline reads empty, and it must still count as a worker.
+            worker = was_worker or (pid != self.root and _is_worker(_cmdline(pid)))
+            total += m
+            driver += m if pid == self.root else 0
+            workers += m if worker else 0
+            self.cpu[pid] = (worker, max(cpu, _cpu_seconds(pid)))
+        for key, value in (("driver", driver), ("workers", workers), ("total", total)):
+            self.peak[key] = max(self.peak[key], value)
 
     def stop(self) -> dict[str, float]:
         self.stop_flag.set()
         self.join()
-        return {f"peak_{k}_mib": round(v / MiB, 1) for k, v in self.peak.items()}
+        self.sample()
+        return {
+            **{f"peak_{k}_mib": round(v / MiB, 1) for k, v in self.peak.items()},
+            "cpu_workers_s": round(sum(c for w, c in self.cpu.values() if w), 2),
+            "cpu_total_s": round(sum(c for _, c in self.cpu.values()), 2),
+        }
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------
@@ -142,12 +179,12 @@ def make_archive(root: Path, patients: int, seed: int) -> Path:
 def baseline(archive: Path) -> dict:
     """Seconds to load and decompress every CT of `archive` with nibabel, and the voxels read."""
     sources, _ = scan_archive(archive)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     voxels = 0
     for src in sources:
         if src.format == "nifti":
             voxels += np.asanyarray(nib.load(src.ct).dataobj).size
-    return {"scans": len(sources), "seconds": time.perf_counter() - t, "voxels": voxels}
+    return {"scans": len(sources), "seconds": time.perf_counter() - t, "cpu_s": time.process_time() - cpu, "voxels": voxels}
 
 
 def ray_start_seconds(workers: int) -> float:
@@ -166,7 +203,8 @@ def ingest_run(archive: Path, store: Path, workers: int) -> dict:
     Ray with `workers` CPUs and shuts it down at the end."""
     shutil.rmtree(store, ignore_errors=True)
     ray_start = ray_start_seconds(workers)
-    sampler = MemorySampler()
+    cpu0 = _cpu_seconds(os.getpid())
+    sampler = ProcessSampler()
     sampler.start()
     t = time.perf_counter()
     try:
@@ -174,6 +212,7 @@ def ingest_run(archive: Path, store: Path, workers: int) -> dict:
         seconds = time.perf_counter() - t
     finally:
         memory = sampler.stop()
+    memory["cpu_total_s"] = round(memory["cpu_total_s"] - cpu0, 2)  # the driver's CPU before this run is not ours
     parts = list((store / "slices").glob("*.parquet"))
     return {
         "workers": workers, "ray_start_s": round(ray_start, 2), "seconds": round(seconds, 2),
@@ -187,9 +226,9 @@ def run(patients: list[int], workers: list[int], seed: int, work: Path) -> list[
     archives = {n: make_archive(work, n, seed) for n in patients}  # all before Ray is loaded (see make_archive)
     for n in patients:
         archive = archives[n]
-        base = baseline(archive)
         archive_mib = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file()) / MiB
         for w in workers:
+            base = baseline(archive)  # right before the run it is compared with: the same load on the machine
             r = ingest_run(archive, work / f"store-{n}-{w}", w)
             base_rate = r["slices"] / base["seconds"]  # slices/s if ingest cost no more than decoding
             rate = r["slices"] / r["seconds"]  # what a user sees, Ray's start included
@@ -198,7 +237,9 @@ def run(patients: list[int], workers: list[int], seed: int, work: Path) -> list[
                 "patients": n, "archive_mib": round(archive_mib, 1), "baseline_s": round(base["seconds"], 2),
                 "baseline_slices_per_s": round(base_rate, 1), "slices_per_s": round(rate, 1),
                 "ratio": round(rate / base_rate, 3), "slices_per_s_after_ray_start": round(steady, 1),
-                "ratio_after_ray_start": round(steady / base_rate, 3), **r,
+                "ratio_after_ray_start": round(steady / base_rate, 3), "baseline_cpu_s": round(base["cpu_s"], 2),
+                "cpu_ratio_workers": round(r["cpu_workers_s"] / base["cpu_s"], 2),
+                "cpu_ratio_total": round(r["cpu_total_s"] / base["cpu_s"], 2), **r,
             })  # fmt: skip
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
@@ -226,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(f"{r['patients']} pat, {r['workers']} w", justify="right")
     measures = ["scans", "slices", "archive_mib", "baseline_s", "baseline_slices_per_s", "seconds", "slices_per_s", "ratio",
                 "ray_start_s", "slices_per_s_after_ray_start", "ratio_after_ray_start", "peak_driver_mib",
-                "peak_workers_mib", "peak_total_mib", "store_mib", "errors"]  # fmt: skip
+                "peak_workers_mib", "peak_total_mib", "baseline_cpu_s", "cpu_workers_s", "cpu_total_s",
+                "cpu_ratio_workers", "cpu_ratio_total", "store_mib", "errors"]  # fmt: skip
     for m in measures:
         table.add_row(m, *(str(r[m]) for r in rows))
     Console().print(table)
