@@ -19,8 +19,8 @@ available) of the driver, of the Ray workers, and of everything (driver + worker
 processes), sampled every 100 ms from /proc. The driver holds only small per-scan summaries and a worker
 one volume at a time, so the peaks should not grow from 25 to 100 patients. CPU time of the workers
 and of the whole tree (`cpu_ratio_*`, over the baseline's CPU time) is reported too: on a shared
-machine it is far steadier than seconds. Results of one run on the 2-core development machine are in
-the ingest issue note; rerun on the target machine before drawing conclusions about scaling.
+machine it is far steadier than seconds. Worker scaling needs idle cores: on a busy 2-core machine
+2 workers cannot beat 1; rerun on the target machine before drawing conclusions about scaling.
 """
 
 from __future__ import annotations
