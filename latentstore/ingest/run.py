@@ -40,7 +40,7 @@ import pyarrow as pa
 from .. import catalog
 from ..catalog import ErrorRow
 from ..errors import InputError, LatentstoreError, StoreError
-from ..levels import ORDER, level_name
+from ..levels import NAMES, ORDER, level_name
 from ..schema import arrow_schema
 from ..store import Store, part_name, patient_key, slice_id
 from . import SlicingConfig, cut_slices, load_scan, scan_archive
@@ -244,7 +244,7 @@ def _handle(result: dict, src, st: Store, run_id: str, published_here: dict, sum
     summary.slices_written += result["rows"]
     for level, reason in result["rejected_levels"]:
         summary.levels_rejected += 1
-        errors.add(ErrorRow(source, "cut", f"{level_name(level)}: {reason}", scan_id=src.scan_id, level=level))
+        errors.add(ErrorRow(source, "cut", f"{_name(level)}: {reason}", scan_id=src.scan_id, level=level))
 
 
 # -- the task: plain Python, run by Ray workers -----------------------------------------------------------
@@ -280,7 +280,7 @@ def ingest_scan(src, patient_key_: str, slicing, store_root: str, run_id: str, a
     except Exception as e:
         return _error(src, root, "cut", f"cannot cut slices ({type(e).__name__}): {e}")
     if not cuts:
-        why = "; ".join(f"{level_name(lv)}: {r}" for lv, r in rejected) or "no centroids"
+        why = "; ".join(f"{_name(lv)}: {r}" for lv, r in rejected) or "no centroids"
         return _error(src, root, "cut", f"no vertebra could be cut ({why})")
     table = slices_table(src, source, content_hash, patient_key_, vol, cuts, slicing)
     try:
@@ -335,6 +335,11 @@ def hash_files(files) -> str:
     if len(digests) == 1:
         return digests[0].hex()
     return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def _name(level: int) -> str:
+    # Rejected levels may carry labels that are no vertebra (a mask's stray label): name them, never raise.
+    return NAMES.get(int(level), f"label {level}")
 
 
 def _fixed(values: np.ndarray, size: int, type_: pa.DataType) -> pa.Array:
