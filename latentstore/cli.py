@@ -207,6 +207,51 @@ def eval_recon(
     out.print(f"grid: {result['grid']}", highlight=False)
 
 
+# -- synth (issue 3) ------------------------------------------------------------------------------------
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (absent, empty, or a previous synth archive).")],
+    patients: Annotated[int, typer.Option("--patients", help="Number of patients (one scan each).")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed; patient i depends only on (seed, i).")] = 0,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Also write DICOM studies with a centroid sidecar.")] = False,
+    levels: Annotated[str, typer.Option("--levels", help="Levels that may be visible, e.g. T8-L5.")] = "T8-L5",
+    prevalence: Annotated[
+        str, typer.Option("--prevalence", help="Grade probabilities G0,G1,G2,G3 per vertebra (sum 1).")
+    ] = "0.8,0.1,0.07,0.03",
+    boundary: Annotated[
+        bool, typer.Option("--boundary", help="Height losses within 2 % of the 20/25/40 % thresholds (calibration set).")
+    ] = False,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes [default: all CPUs].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that is not a synth archive.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a synthetic spine CT archive with known Genant grades (VerSe layout, optional DICOM).
+
+    Scans, masks and body centroids as in VerSe, ground-truth heights and grades (ground_truth.csv, grades.csv),
+    scans.csv, previews and contact_sheet.png. The same seed gives the same files.
+    """
+    import json
+
+    from .synth import synth_archive
+
+    summary = synth_archive(out_dir, patients=patients, seed=seed, dicom=dicom, levels=levels, prevalence=prevalence,
+                            boundary=boundary, workers=workers, force=force, progress=not json_out)
+    if json_out:
+        print(json.dumps(summary, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("patients", "vertebrae", "G0", "G1", "G2", "G3", "train/val/test", "seconds",
+                  title=f"synth: {summary['out']} (seed {summary['seed']})")
+    g, sp = summary["grades"], summary["splits"]
+    table.add_row(str(summary["patients"]), str(summary["vertebrae"]), *(str(g[f"G{i}"]) for i in range(4)),
+                  f"{sp['train']}/{sp['val']}/{sp['test']}", f"{summary['seconds']:.1f}")
+    out.print(table)
+    out.print(f"contact sheet: {summary['sheets'][0] if summary['sheets'] else '-'}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
