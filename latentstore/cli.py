@@ -128,6 +128,37 @@ def slices_show(
         out.print(f"{shown.path}: {len(shown.levels)} slice(s) ({', '.join(shown.levels)})", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help='SQL, e.g. "SELECT stage, reason, count(*) FROM errors GROUP BY ALL".')],
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows shown in the table format.")] = 50,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Read-only SQL over the catalog: tables runs and errors, view slices (Parquet)."""
+    from rich.table import Table
+
+    from .sql import query as run_query
+    from .sql import render
+    from .store import Store
+
+    result = run_query(Store(store), query)
+    if fmt != "table":
+        print(render(result, fmt))
+        return
+    table = Table(*result.column_names)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*(_cell(v) for v in row.values()))
+    out.print(table)
+    if result.num_rows > limit:
+        out.print(f"({result.num_rows} rows, {limit} shown; --limit or --format csv for all)")
+
+
+def _cell(value) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 # -- train and eval recon (issue 5) ---------------------------------------------------------------------
 
 

@@ -1,7 +1,12 @@
 """Shared fixtures. Real sample files live beside the checkout in ../shared/data/real and are never copied
 into the repository; tests that need them skip cleanly when that folder is absent."""
 
+import os
 from pathlib import Path
+
+# On a shared 2-core machine OpenMP's busy-waiting threads make small torch ops 3-70x slower; this must
+# be set before torch is first imported, which happens after conftest is loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

@@ -1,0 +1,44 @@
+import json
+
+from typer.testing import CliRunner
+
+from latentstore.catalog import ErrorRow, record_errors, start_run
+from latentstore.cli import app
+from latentstore.store import Store
+
+runner = CliRunner()
+
+
+def _store(tmp_path) -> Store:
+    store = Store(tmp_path / "store")
+    run_id = start_run(store, "ingest", {"archive": "a"})
+    record_errors(store, run_id, [ErrorRow("a/x.nii.gz", "load", "truncated gzip"),
+                                  ErrorRow("a/y.nii.gz", "load", "truncated gzip"),
+                                  ErrorRow("a/z.json", "scan", "not valid JSON")])
+    return store
+
+
+def test_sql_reads_the_catalog(tmp_path):
+    store = _store(tmp_path)
+    q = "SELECT reason, count(*) AS n FROM errors GROUP BY reason ORDER BY n DESC"
+    result = runner.invoke(app, ["sql", q, "--store", store.root, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert rows == [{"reason": "truncated gzip", "n": 2}, {"reason": "not valid JSON", "n": 1}]
+    csv_out = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM slices", "--store", store.root, "--format", "csv"])
+    assert csv_out.output.splitlines() == ["n", "0"]
+
+
+def test_sql_cannot_change_data(tmp_path):
+    store = _store(tmp_path)
+    result = runner.invoke(app, ["sql", "DELETE FROM errors", "--store", store.root])
+    assert result.exit_code == 2
+    assert "query failed" in result.output
+    after = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM errors", "--store", store.root, "--format", "csv"])
+    assert after.output.splitlines() == ["n", "3"]
+
+
+def test_sql_without_a_store_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["sql", "SELECT 1", "--store", str(tmp_path / "nowhere")])
+    assert result.exit_code == 3
+    assert "no catalog" in result.output and "Traceback" not in result.output
