@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import LatentstoreError
+from .errors import InputError, LatentstoreError
 from .store import DEFAULT_STORE, ENV_VAR
 
 err = Console(stderr=True)
@@ -80,6 +80,8 @@ def ingest(
         Optional[str], typer.Option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
     ] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Scans processed at once (default: all CPUs).")] = None,
+    thickness: Annotated[int, typer.Option("--thickness", help="Sagittal 1 mm planes averaged per slice (odd).")] = 1,
+    order: Annotated[int, typer.Option("--order", help="Interpolation order: 0 nearest, 1 linear, 3 cubic.")] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Cut one 96x96 sagittal slice per vertebra of every new scan in ARCHIVE into the store (Ray tasks).
@@ -92,7 +94,13 @@ def ingest(
     from .ingest.run import ingest as run_ingest
     from .ingest.run import summary_table
 
-    summary = run_ingest(archive, store, address=address, workers=workers, progress=not json_out)
+    from .ingest import SlicingConfig
+
+    try:
+        slicing = SlicingConfig(thickness_mm=thickness, order=order)
+    except ValueError as e:
+        raise InputError(f"bad slicing option: {e}") from None
+    summary = run_ingest(archive, store, address=address, workers=workers, slicing=slicing, progress=not json_out)
     if json_out:
         print(json.dumps(summary.to_dict(), indent=2))
     else:

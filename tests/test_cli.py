@@ -42,3 +42,11 @@ def test_store_resolution(monkeypatch, tmp_path):
     assert resolve_store() == str(tmp_path / "env")
     assert resolve_store(tmp_path / "flag") == str(tmp_path / "flag")
     assert resolve_store("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_bad_slicing_option_is_one_line_exit_2(tmp_path):
+    (tmp_path / "archive").mkdir()
+    result = runner.invoke(app, ["ingest", str(tmp_path / "archive"), "--thickness", "2", "--store", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "odd whole number" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()  # nothing written for a rejected argument
