@@ -241,3 +241,10 @@ def test_real_ct_nifti_loads_and_resamples_to_1mm(real_data, tmp_path):
         assert iso[tuple(a)] == vol.hu[tuple(p)]
     slices, _ = cut_slices(vol, SlicingConfig())
     assert isinstance(slices[0], CutSlice) and slices[0].image.shape == (96, 96)
+
+
+def test_equal_configs_hash_alike_whatever_the_number_types():
+    from latentstore.ingest import SlicingConfig
+
+    assert SlicingConfig(thickness_mm=1, spacing_mm=1, order=1).hash == SlicingConfig().hash
+    assert SlicingConfig(thickness_mm=3).hash != SlicingConfig().hash

@@ -71,6 +71,10 @@ class SlicingConfig:
             raise ValueError(f"order must be 0..5, got {self.order!r}")
         if not _INT16.min <= self.pad_hu <= _INT16.max:
             raise ValueError(f"pad_hu must fit int16, got {self.pad_hu!r}")
+        # One canonical type per field, so that equal configs give the same JSON and hash (1 vs 1.0
+        # would otherwise make a rerun with `--thickness 1` store every slice again).
+        for name, kind in (("spacing_mm", float), ("thickness_mm", float), ("order", int), ("pad_hu", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     @classmethod
     def from_dict(cls, data: dict) -> "SlicingConfig":
