@@ -238,7 +238,8 @@ def eval_recon(
         print(to_json(result))
         return
     header, *rows = table1(result)
-    table = Table(*header, title=f"eval recon: {result['n']} held-out slices, DDIM {steps} steps")
+    table = Table(*header, title=f"eval recon: model {result['model_id']}, {result['n']} held-out slices, "
+                  f"DDIM {steps} steps; images on [0, 1]")
     for row in rows:
         table.add_row(*row)
     out.print(table)

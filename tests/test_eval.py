@@ -48,8 +48,9 @@ def test_eval_recon_reports_table1_and_writes_a_grid(model, tmp_path):
     assert "not Inception-FID" in result["generation"]["features"]
     grid = Image.open(result["grid"])
     assert grid.size[0] == 6 * (96 + 2) and grid.size[1] == 4 * (96 + 2 + 12)  # 4 rows of 6 tiles, 32 px x3
-    header, row = table1(result)
-    assert header[:3] == ["Model", "Encoder", "Encoding LPIPS"] and row[1] == "DAE encoder" and row[2] == "n/c"
+    header, inv, recon = table1(result)
+    assert header[:3] == ["Model", "Encoder", "Encoding LPIPS"] and inv[1] == "DAE encoder (inv)" and inv[2] == "n/c"
+    assert recon[1] == "DAE encoder (recon)" and float(recon[3]) == pytest.approx(result["encoding"]["recon"]["mse"], abs=1e-4)
 
 
 def test_lpips_needs_local_weights(model, tmp_path):
