@@ -14,7 +14,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import torch
 import torch.nn.functional as F
 
@@ -92,12 +91,11 @@ def read_slices(store: str | None = None, split: Split = "all", holdout_fraction
 
     Raises StoreError when there is no `slices/` dataset or the split is empty.
     """
-    root = resolve_store(store)
-    path = root.rstrip("/") + "/slices"
+    from .slices import read_slices as read_table  # the one reader of `slices/` (published parts only)
+
+    path = resolve_store(store).rstrip("/") + "/slices"
     try:
-        # pyarrow's default ignore_prefixes ('.', '_') skips `_staging/` and half-written temp files.
-        dataset = ds.dataset(path, format="parquet")
-        table = dataset.to_table(columns=["slice_id", "scan_id", "level_name", "image"])
+        table = read_table(store, columns=["slice_id", "scan_id", "level_name", "image"])
     except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
         raise StoreError(f"no readable slices in {path} ({e}); run `latentstore ingest` first") from None
     table = table.sort_by("slice_id")
