@@ -16,14 +16,30 @@ from .errors import InputError
 from .store import Store
 
 FORMATS = ("table", "csv", "json")
+DATASETS = ("slices",)  # the Parquet folders the catalog's views read
 
 
 def query(store: Store, sql: str) -> pa.Table:
-    """Run `sql` on a read-only connection to the store's catalog and return the result as Arrow."""
+    """Run `sql` on a read-only connection to the store's catalog and return the result as Arrow.
+
+    Read-only covers the catalog file only: DuckDB could still `COPY ... TO` a file (over a published
+    part, say) or read any file (the salt). So only SELECT statements run, file access is limited to
+    the store's Parquet datasets, and the configuration is locked before the user's SQL runs.
+    """
     import duckdb
 
+    try:
+        kinds = {s.type for s in duckdb.extract_statements(sql)}
+    except duckdb.Error as e:
+        raise InputError(f"query failed: {str(e).splitlines()[0]}") from None
+    if not kinds or kinds != {duckdb.StatementType.SELECT}:
+        raise InputError("latentstore sql runs SELECT queries only (the catalog is read-only)")
     con = reader(store)
     try:
+        dirs = ", ".join("'" + store.path(d).rstrip("/").replace("'", "''") + "/'" for d in DATASETS)
+        con.execute(f"SET allowed_directories = [{dirs}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as e:
         raise InputError(f"query failed: {str(e).splitlines()[0]}") from None

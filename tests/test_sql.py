@@ -33,7 +33,7 @@ def test_sql_cannot_change_data(tmp_path):
     store = _store(tmp_path)
     result = runner.invoke(app, ["sql", "DELETE FROM errors", "--store", store.root])
     assert result.exit_code == 2
-    assert "query failed" in result.output
+    assert "SELECT queries only" in result.output
     after = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM errors", "--store", store.root, "--format", "csv"])
     assert after.output.splitlines() == ["n", "3"]
 
@@ -42,3 +42,15 @@ def test_sql_without_a_store_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["sql", "SELECT 1", "--store", str(tmp_path / "nowhere")])
     assert result.exit_code == 3
     assert "no catalog" in result.output and "Traceback" not in result.output
+
+
+def test_sql_cannot_write_or_read_files(tmp_path):
+    store = _store(tmp_path)
+    target = tmp_path / "out.csv"
+    wrote = runner.invoke(app, ["sql", f"COPY (SELECT 1) TO '{target}'", "--store", store.root])
+    assert wrote.exit_code == 2 and "SELECT queries only" in wrote.output
+    assert not target.exists()
+    store.salt()  # make sure the file exists, so only the sandbox can stop the read
+    assert (tmp_path / "store" / "salt").exists()
+    stolen = runner.invoke(app, ["sql", f"SELECT * FROM read_text('{store.root}/salt')", "--store", store.root])
+    assert stolen.exit_code == 2 and "query failed" in stolen.output
