@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError, StoreError
@@ -175,10 +176,14 @@ def register_model(store: str | None, state: dict[str, torch.Tensor], model_conf
 def update_card(model_dir: str | Path, **fields) -> dict:
     """Merge `fields` into a model's card (e.g. metrics from `eval recon`); the weights and id stay."""
     model_dir = Path(model_dir)
+    if model_dir.resolve() == default_model_dir().resolve():
+        raise InputError("the shipped default model's card is part of the package; --record needs --model ID")
     card = json.loads((model_dir / CARD_JSON).read_text())
     card.update(fields)
-    (model_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
-    (model_dir / CARD_MD).write_text(render_card(card))
+    for name, text in ((CARD_JSON, json.dumps(card, indent=2) + "\n"), (CARD_MD, render_card(card))):
+        tmp = model_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, model_dir / name)  # a reader sees the old card or the new one, never half
     return card
 
 
@@ -213,10 +218,16 @@ def load_model(
     from .model import DiffusionAutoencoder
 
     path = resolve_model_dir(model, store)
-    config = json.loads((path / CONFIG).read_text())
-    model_config = config_from_dict(config["model"])
-    net = DiffusionAutoencoder(model_config)
-    net.load_state_dict(load_tensors(path / WEIGHTS), strict=True)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        model_config = config_from_dict(config["model"])
+        net = DiffusionAutoencoder(model_config)
+        net.load_state_dict(load_tensors(path / WEIGHTS), strict=True)
+        Preprocess(**config["preprocess"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        # A truncated safetensors file, a broken config.json or weights of another shape.
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise StoreError(f"{path} is not a loadable model ({type(e).__name__}: {reason})") from None
     card = json.loads((path / CARD_JSON).read_text()) if (path / CARD_JSON).is_file() else {}
     return LoadedModel(
         net=net.to(device).eval(),

@@ -195,8 +195,11 @@ class Store:
         killed run never leaves the store locked.
         """
         path = self.local_path(f"{name}.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot use {path.parent} as a store: {e.strerror or e}") from None
         deadline = time.monotonic() + timeout_s
         try:
             while True:
