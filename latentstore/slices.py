@@ -84,6 +84,8 @@ def show(
     """
     if (slice_id is None) == (scan is None):
         raise InputError("give either a SLICE_ID or --scan SCAN")
+    if slice_id is not None and not 0 <= slice_id < 2**63:
+        raise InputError(f"slice id {slice_id} is out of range (slice ids are 63-bit, 0 <= id < 2**63)")
     cols = ["slice_id", "scan_id", "level", "level_name", "image"]
     table = read_slices(store, slice_ids=None if slice_id is None else [slice_id], scan_id=scan, columns=cols)
     if table.num_rows == 0:

@@ -51,3 +51,9 @@ def test_store_that_is_a_file_is_one_line_exit_3(tmp_path):
     assert result.exit_code == 3, result.output
     assert "cannot use" in result.output and "Traceback" not in result.output
     assert (tmp_path / "store").read_text() == "not a folder"
+
+
+def test_out_of_range_slice_id_is_one_line_exit_2(tmp_path):
+    result = runner.invoke(app, ["slices", "show", "99999999999999999999", "--store", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "out of range" in result.output and "Traceback" not in result.output
