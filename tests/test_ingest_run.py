@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from ingest_phantom import LEVELS, make_archive, phantom, write_centroids, write_dicom_scan, write_scan
 from latentstore import catalog
 from latentstore.cli import app
-from latentstore.errors import StoreError
+from latentstore.errors import InputError, StoreError
 from latentstore.ingest import SlicingConfig
 from latentstore.ingest.run import ingest
 from latentstore.schema import arrow_schema
@@ -381,3 +381,12 @@ def test_synthetic_archive_gives_one_row_per_ground_truth_vertebra(tmp_path):
         assert np.allclose(r["centroid_mm"], truth[(r["scan_id"], r["level"])], atol=0.5)  # JSON keeps 0.1 voxel
         centre = np.asarray(r["image"], np.int16).reshape(96, 96)[40:56, 40:56]
         assert 50 < np.median(centre) < 400  # trabecular bone at the centre, not air or cortex
+
+
+def test_a_second_slicing_config_is_refused_and_nothing_changes(tmp_path):
+    archive, store = make_archive(tmp_path / "archive", 2), tmp_path / "store"
+    run(archive, store)
+    rows_before = contents(store)
+    with pytest.raises(InputError, match="needs its own store"):
+        ingest(archive, store, slicing=SlicingConfig(thickness_mm=3), progress=False)
+    assert contents(store) == rows_before

@@ -107,6 +107,7 @@ def ingest(
     st = Store(store)
     t0 = time.monotonic()
     with st.lock("ingest"):
+        _check_one_slicing(st, slicing)
         salt = st.salt()
         args = {"archive": str(root), "store": st.root, "address": address, "workers": workers, "slicing": json.loads(slicing.to_json())}
         catalog.close_dead_runs(st, "ingest")  # we hold the ingest lock: any "running" ingest is dead
@@ -133,6 +134,23 @@ def ingest(
         errors.flush()
         catalog.finish_run(st, run_id, summary.status, _counts(summary))
     return summary
+
+
+def _check_one_slicing(st: Store, slicing: "SlicingConfig") -> None:
+    """A store holds slices of one slicing config: with two, every vertebra would be stored twice and
+    training and search would see both copies. Another config needs another store."""
+    import pyarrow.parquet as pq
+
+    parts = st.published_parts()
+    if not parts:
+        return
+    with st.fs.open_input_file(st.path("slices", parts[0])) as f:
+        stored = pq.read_table(f, columns=["slicing_hash", "slicing"]).slice(0, 1).to_pylist()
+    if stored and stored[0]["slicing_hash"] != slicing.hash:
+        raise InputError(
+            f"{st.root} holds slices cut with {stored[0]['slicing']}; slicing {slicing.to_json()} needs "
+            "its own store (--store)"
+        )
 
 
 def _run(sources, keys, slicing, st: Store, run_id: str, root: Path, address, workers, progress, summary, errors) -> None:
