@@ -1,6 +1,4 @@
-import json
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
