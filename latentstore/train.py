@@ -57,6 +57,10 @@ class TrainConfig:
         preview_every: steps between PNG grids (also one at the last step); 0 = none.
         preview_steps: DDIM steps for preview reconstructions and samples.
         keep_checkpoints: how many recent checkpoints stay on disk.
+        ema_warmup: warm the EMA up as min(decay, (1+s)/(10+s)); the paper's recipe has none.
+        encoder_lr_scale: the semantic encoder's learning rate as a multiple of `lr` (1 = DiffAE).
+        t_sampling: how training timesteps are drawn: `uniform` (DiffAE) or `mid` (a Beta(2, 2) over
+            [0, T): fewer of the near-clean t where x_t alone suffices and of the pure-noise t).
     """
 
     config: str = "tiny"
@@ -73,6 +77,9 @@ class TrainConfig:
     preview_every: int = 1000
     preview_steps: int = 10
     keep_checkpoints: int = 2
+    ema_warmup: bool = True
+    encoder_lr_scale: float = 1.0
+    t_sampling: str = "uniform"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "preview_steps", "keep_checkpoints"):
@@ -80,12 +87,30 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.t_sampling not in T_SAMPLING:
+            raise ValueError(f"t_sampling must be one of {', '.join(T_SAMPLING)}, got {self.t_sampling!r}")
+        if not self.encoder_lr_scale > 0:
+            raise ValueError(f"encoder_lr_scale must be > 0, got {self.encoder_lr_scale}")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+
+T_SAMPLING = ("uniform", "mid")
+
+# Per-config defaults where the config's size calls for another recipe. `paper` is the paper's Table 5:
+# batch 64, lr 1e-4, EMA 0.9999 without warm-up, 12 M samples (187,500 steps), bf16 autocast on a GPU.
+RECIPES: dict[str, dict] = {
+    "paper": dict(batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False, steps=12_000_000 // 64),
+}
+
+
+def config_defaults(config: str) -> dict:
+    """TrainConfig defaults for a named model config (its RECIPES entry over the dataclass defaults)."""
+    return {**RECIPES.get(config, {}), "config": config}
 
 
 # Fields a resumed run may change: they do not alter what is computed, only how long and what is written.
@@ -114,6 +139,14 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
         sel = pos // n == epoch
         out[sel] = perm[pos[sel] % n]
     return out
+
+
+def sample_t(kind: str, n: int, device, num_timesteps: int = 1000) -> torch.Tensor:
+    """Training timesteps from the global torch RNG (seeded per step): uniform, or `mid` = Beta(2, 2)."""
+    if kind == "uniform":
+        return torch.randint(0, num_timesteps, (n,)).to(device)
+    u = torch.distributions.Beta(2.0, 2.0).sample((n,))
+    return (u * num_timesteps).long().clamp(0, num_timesteps - 1).to(device)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -169,9 +202,10 @@ def _trim_log(log: Path, step: int) -> None:
 # ------------------------------------------------------------------------------------------------ training
 
 
-def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
-    """ema <- d*ema + (1-d)*net with warm-up d = min(decay, (1+step)/(10+step)); buffers are copied."""
-    d = min(decay, (1 + step) / (10 + step))
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int, warmup: bool = True) -> None:
+    """ema <- d*ema + (1-d)*net with d = decay, or with warm-up d = min(decay, (1+step)/(10+step)); buffers
+    are copied."""
+    d = min(decay, (1 + step) / (10 + step)) if warmup else decay
     with torch.no_grad():
         for e, p in zip(ema.parameters(), net.parameters()):
             e.lerp_(p.detach(), 1 - d)
@@ -215,7 +249,8 @@ def train(
     torch.manual_seed(cfg.seed)  # the init is part of the run, so it is seeded too
     net = DiffusionAutoencoder(model_config).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam([{"params": net.encoder.parameters(), "lr": cfg.lr * cfg.encoder_lr_scale},
+                            {"params": net.unet.parameters(), "lr": cfg.lr}])
     log = run / "log.jsonl"
     start, seconds, loss_value = 0, 0.0, float("nan")
 
@@ -252,12 +287,13 @@ def train(
             x0 = pre.to_model(images[batch_indices(len(images), cfg.batch_size, cfg.seed, step)]).to(device)
             torch.manual_seed(step_seed(cfg.seed, step))
             with amp:
-                loss = training_loss(net, x0)  # eps-MSE at uniform t; encoder sees x0, UNet sees x_t
+                loss = training_loss(net, x0, t=sample_t(cfg.t_sampling, len(x0), device))  # eps-MSE
+            # the encoder sees x0, the UNet sees x_t
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip))
             opt.step()
-            ema_update(ema, net, cfg.ema_decay, step)
+            ema_update(ema, net, cfg.ema_decay, step, cfg.ema_warmup)
             loss_value = float(loss.detach())
             seconds += time.perf_counter() - t0
             logf.write(json.dumps({"step": step + 1, "loss": loss_value, "grad_norm": grad_norm,
@@ -334,8 +370,11 @@ def run_from_cli(overrides: dict, steps=None, samples=None, store=None, out=None
                 raise InputError(f"--resume: {run} was started with other {clash}; drop them or use a new --out")
             cfg = replace(base, **given, steps=steps_for(samples, steps, base.batch_size) or base.steps)
         else:
-            batch = given.get("batch_size", TrainConfig.batch_size)
-            cfg = TrainConfig(**given, steps=steps_for(samples, steps, batch) or TrainConfig.steps)
+            base = config_defaults(given.get("config", TrainConfig.config))
+            merged = {**base, **given}
+            default_steps = merged.pop("steps", TrainConfig.steps)
+            batch = merged.get("batch_size", TrainConfig.batch_size)
+            cfg = TrainConfig(**merged, steps=steps_for(samples, steps, batch) or default_steps)
     except (ValueError, TypeError) as e:
         raise InputError(str(e)) from None
     return train(cfg, store=store, out=run, resume=resume, device=device, progress=progress)

@@ -115,3 +115,33 @@ def test_cli_train_end_to_end(store, tmp_path):
     assert len((tmp_path / "cli" / "log.jsonl").read_text().splitlines()) == 3
     clash = runner.invoke(app, ["train", "--resume", "--config", "small", *args[5:]])
     assert clash.exit_code == 2 and "config" in clash.output
+
+
+def test_paper_config_defaults_to_table5_and_recipe_knobs_are_checked():
+    from latentstore.train import config_defaults, sample_t
+
+    paper = TrainConfig(**config_defaults("paper"))
+    assert (paper.batch_size, paper.lr, paper.ema_decay, paper.ema_warmup) == (64, 1e-4, 0.9999, False)
+    assert paper.steps * paper.batch_size == 12_000_000
+    assert config_defaults("small") == {"config": "small"}
+    with pytest.raises(ValueError, match="t_sampling"):
+        TrainConfig(t_sampling="late")
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        TrainConfig(encoder_lr_scale=0)
+    torch.manual_seed(0)
+    mid = sample_t("mid", 20000, "cpu").float()
+    torch.manual_seed(0)
+    uni = sample_t("uniform", 20000, "cpu").float()
+    assert 0 <= mid.min() and mid.max() < 1000 and abs(mid.mean() - 500) < 10 and abs(uni.mean() - 500) < 10
+    assert ((mid < 100) | (mid >= 900)).float().mean() < 0.06 < ((uni < 100) | (uni >= 900)).float().mean()
+
+
+def test_encoder_lr_scale_sets_the_encoders_learning_rate(tmp_path):
+    store = make_store(tmp_path / "s", n_scans=4, levels=2)
+    cfg = TrainConfig(steps=1, **{**FAST, "batch_size": 2, "encoder_lr_scale": 0.1})
+    result = train(cfg, store=store, out=tmp_path / "r", progress=False, register=False)
+    from safetensors import safe_open
+
+    with safe_open(str(result.run_dir / "checkpoints" / "step_00000001" / "optimizer.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["json"])["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])

@@ -1,0 +1,172 @@
+"""Training recipes against the probe: z_sem probe AUC along each run, per images seen and CPU minutes.
+
+    python bench/recipes.py --train-store TRAIN --probe-store PROBE --labels PROBE_ARCHIVE/ground_truth.csv \\
+        --out DIR --images 8000 --every 2000 --threads 1 lr1e-3 lr1e-3-enc0.1
+
+Each recipe trains in DIR/<recipe>/run (resumable: rerun the same command to continue or extend a run) and
+is probed every `--every` images on the EMA weights: G0 vs G2/G3 logistic-regression AUC, patient-grouped
+5-fold x 3 seeds (latentstore.probe), plus z usage and effective rank. The baselines (untrained network,
+8x8 pooled pixels) are probed once, on the same folds. Points go to DIR/<recipe>/curve.jsonl; the table of
+all recipes is printed and DIR/curves.png drawn. Training is unsupervised throughout: the labels are read
+only by the probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# Recipes: TrainConfig overrides. All use the `small` network unless they say otherwise.
+RECIPES: dict[str, dict] = {
+    "plain-2e-4": dict(config="small", batch_size=32, lr=2e-4, ema_decay=0.999),
+    "lr1e-3": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999),
+    "lr1e-3-enc0.1": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1),
+    "lr1e-3-mid-t": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
+    "lr3e-4-b64": dict(config="small", batch_size=64, lr=3e-4, ema_decay=0.999),
+}
+
+
+def probe_point(net, preprocess, data, seeds=(0, 1, 2)) -> dict:
+    from latentstore.probe import detection_probe, encode_images, z_usage, zsem_diagnostics
+
+    det = np.isin(data.grade, (0, 2, 3))
+    y = (data.grade[det] >= 2).astype(int)
+    z = encode_images(net, preprocess, data.images)
+    mean = preprocess.to_model(data.images).mean(dim=(1, 2, 3)).double().numpy()
+    p = detection_probe(z[det], y, data.groups[det], "logistic", seeds, 5)
+    return {"auc": p["auc"], "auc_sd": p["auc_sd"], **zsem_diagnostics(z, mean),
+            **z_usage(net, preprocess, data.images)}
+
+
+def baselines(out: Path, data, preprocess, config: str) -> dict:
+    from latentstore.model import DiffusionAutoencoder, ModelConfig
+    from latentstore.probe import detection_probe, pix8_features
+
+    path = out / f"baselines-{config}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    det = np.isin(data.grade, (0, 2, 3))
+    y = (data.grade[det] >= 2).astype(int)
+    torch.manual_seed(0)
+    untrained = DiffusionAutoencoder(ModelConfig.named(config)).eval()
+    res = {"untrained": probe_point(untrained, preprocess, data)["auc"],
+           "pix8": detection_probe(pix8_features(preprocess, data.images)[det], y, data.groups[det], "logistic",
+                                   (0, 1, 2), 5)["auc"]}
+    path.write_text(json.dumps(res) + "\n")
+    return res
+
+
+def run_recipe(name: str, args, data) -> list[dict]:
+    from latentstore import checkpoint as ckpt
+    from latentstore.model import DiffusionAutoencoder, ModelConfig
+    from latentstore.slicedata import Preprocess
+    from latentstore.train import TrainConfig, latest_checkpoint, train
+
+    over = RECIPES[name]
+    folder = args.out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    curve_path = folder / "curve.jsonl"
+    curve = [json.loads(ln) for ln in curve_path.read_text().splitlines()] if curve_path.is_file() else []
+    batch = over["batch_size"]
+    pre = Preprocess()
+    model_config = ModelConfig.named(over["config"])
+    targets = list(range(args.every, args.images + 1, args.every))
+    if not curve:  # the starting point, the same init every recipe of this config shares
+        torch.manual_seed(0)
+        net0 = DiffusionAutoencoder(model_config)
+        curve.append({"recipe": name, "images_seen": 0, "cpu_minutes": 0.0, **probe_point(net0, pre, data)})
+        curve_path.write_text(json.dumps(curve[0]) + "\n")
+    for images in targets:
+        if any(p["images_seen"] == images for p in curve):
+            continue
+        steps = -(-images // batch)
+        cfg = TrainConfig(**over, steps=steps, checkpoint_every=steps, preview_every=0, keep_checkpoints=1)
+        t0 = time.process_time()
+        result = train(cfg, store=str(args.train_store), out=folder / "run", resume=True, progress=False,
+                       register=False, device="cpu")
+        last = latest_checkpoint(folder / "run")
+        net = DiffusionAutoencoder(model_config)
+        net.load_state_dict(ckpt.load_tensors(last / "ema.safetensors"))
+        cpu = time.process_time() - t0
+        prev_cpu = curve[-1]["cpu_minutes"] if curve else 0.0
+        point = {"recipe": name, "images_seen": result.step * batch, "steps": result.step,
+                 "cpu_minutes": round(prev_cpu + cpu / 60, 2), "wall_train_s": round(result.seconds, 1),
+                 "loss": result.final_loss, **probe_point(net, pre, data)}
+        curve.append(point)
+        with curve_path.open("a") as f:
+            f.write(json.dumps(point) + "\n")
+        print(f"{name}: {point['images_seen']:>6} images, {point['cpu_minutes']:6.1f} CPU min, AUC {point['auc']:.3f}, "
+              f"rank {point['effective_rank']:.1f}, z usage x{point['ratio']:.3f}", flush=True)
+    return curve
+
+
+def plot(out: Path, curves: dict[str, list[dict]], base: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, pts in curves.items():
+        for ax, key in zip(axes, ("images_seen", "cpu_minutes")):
+            ax.plot([p[key] for p in pts], [p["auc"] for p in pts], marker="o", label=name)
+    for ax, xlabel in zip(axes, ("images seen", "CPU minutes of training (process time)")):
+        for label, v, style in (("8x8 pixels", base["pix8"], "--"), ("untrained net", base["untrained"], ":")):
+            ax.axhline(v, color="grey", linestyle=style, label=label)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("probe AUC, G0 vs G2/G3 (logistic, grouped 5-fold x 3)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("z_sem probe AUC along training, per recipe")
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipes", nargs="*", default=list(RECIPES), help=f"any of {', '.join(RECIPES)}")
+    ap.add_argument("--train-store", type=Path, required=True)
+    ap.add_argument("--probe-store", type=Path, required=True)
+    ap.add_argument("--labels", type=Path, required=True, help="labels of the probe store (ground_truth.csv)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--images", type=int, default=8000, help="images to train each recipe on")
+    ap.add_argument("--every", type=int, default=2000, help="images between probe points")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    unknown = [r for r in args.recipes if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    torch.set_num_threads(args.threads)
+    from latentstore.probe import probe_data
+    from latentstore.slicedata import Preprocess
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = probe_data(str(args.probe_store), args.labels)
+    curves = {name: run_recipe(name, args, data) for name in args.recipes}
+    configs = {RECIPES[n]["config"] for n in args.recipes}
+    base = {c: baselines(args.out, data, Preprocess(), c) for c in configs}
+    b = base[next(iter(configs))]
+    print(f"\nbaselines on the same folds: pixels {b['pix8']:.3f}, untrained {b['untrained']:.3f}")
+    print("| recipe | images seen | CPU min | probe AUC | eff. rank | z usage |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, pts in curves.items():
+        for p in pts:
+            print(f"| {name} | {p['images_seen']} | {p['cpu_minutes']:.1f} | {p['auc']:.3f} | "
+                  f"{p['effective_rank']:.1f} | x{p['ratio']:.3f} |")
+    print(f"plot: {plot(args.out, curves, b)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from latentstore.cli import app
+from latentstore.errors import InputError
+from latentstore.probe import detection_probe, eval_probe, load_labels, probe_table, zsem_diagnostics
+from latentstore.slices import read_slices
+from latentstore.train import TrainConfig, train
+from tiny_store import make_store
+
+
+@pytest.fixture(scope="module")
+def store_and_model(tmp_path_factory):
+    store = make_store(tmp_path_factory.mktemp("store"), n_scans=30, levels=4)
+    cfg = TrainConfig(config="tiny", steps=2, batch_size=4, lr=1e-3, preview_every=0)
+    return store, train(cfg, store=store, out=store / "run", progress=False).model_id
+
+
+def _write_labels(store, path, rule) -> None:
+    """A long CSV (scan, level name, grade, height_loss) whose grades follow `rule(image) -> grade`."""
+    t = read_slices(store, columns=["scan_id", "level_name", "image"]).to_pylist()
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scan", "level", "grade", "height_loss"])
+        for i, r in enumerate(t):
+            img = np.asarray(r["image"], dtype=float).reshape(96, 96)
+            g = rule(img, i)
+            w.writerow([r["scan_id"], r["level_name"], g, 0.1 * g])
+
+
+def _body_hu(img):
+    return np.median(img[40:56, 40:56])
+
+
+def test_pixels_find_a_pixel_defined_fracture_and_random_labels_stay_near_chance(store_and_model, tmp_path):
+    store, model_id = store_and_model
+    his = sorted(_body_hu(np.asarray(r["image"], float).reshape(96, 96))
+                 for r in read_slices(store, columns=["image"]).to_pylist())
+    cut = his[int(0.7 * len(his))]
+    _write_labels(store, tmp_path / "bright.csv", lambda img, i: 3 if _body_hu(img) > cut else 0)
+    result = eval_probe(model_id, store, tmp_path / "bright.csv", seeds=(0,), k=5)
+    pix = result["features"]["pix8"]
+    assert pix["logistic"]["auc"] > 0.85 and pix["svm"]["auc"] > 0.85
+    assert pix["height_loss_r2"] > 0.3 and 0 <= pix["level_accuracy"] <= 1
+    assert set(result["features"]) == {"zsem", "untrained", "pix8"} and result["n_patients"] == 30
+    diag = result["diagnostics"]["zsem"]
+    assert diag["effective_rank"] >= 1 and 0 < diag["top_pc_share"] <= 1 and diag["mse_own_z"] > 0
+    assert len(probe_table(result)) == 4
+
+    rng = np.random.default_rng(0)
+    coin = rng.random(200) < 0.3
+    _write_labels(store, tmp_path / "coin.csv", lambda img, i: 2 if coin[i] else 0)
+    chance = eval_probe(model_id, store, tmp_path / "coin.csv", seeds=(0, 1), k=5)
+    assert 0.25 < chance["features"]["pix8"]["logistic"]["auc"] < 0.75
+
+
+def test_detection_probe_folds_are_patient_grouped():
+    # every slice of a patient carries the patient's own random vector and label: a probe that let a
+    # patient's slices straddle folds would memorise them and score near 1; grouped folds stay at chance.
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(40), 5)
+    X = np.repeat(rng.normal(size=(40, 30)), 5, axis=0) + 0.01 * rng.normal(size=(200, 30))
+    y = np.repeat(rng.random(40) < 0.4, 5).astype(int)
+    assert detection_probe(X, y, groups, "logistic", (0, 1), 5)["auc"] < 0.8
+
+
+def test_diagnostics_see_a_collapsed_code():
+    rng = np.random.default_rng(2)
+    mean = rng.normal(size=300)
+    collapsed = np.outer(mean, rng.normal(size=16)) + 1e-3 * rng.normal(size=(300, 16))
+    d = zsem_diagnostics(collapsed, mean)
+    assert d["effective_rank"] < 1.1 and d["top_pc_share"] > 0.99 and d["top_pc_r2_mean_intensity"] > 0.99
+    assert zsem_diagnostics(rng.normal(size=(300, 16)), mean)["effective_rank"] > 12
+
+
+def test_labels_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("scan,level,grade\nsub-1,L1,0\nsub-1,L2,7\n")
+    with pytest.raises(InputError, match=r"bad.csv:3: grade 7"):
+        load_labels(bad)
+    (tmp_path / "cols.csv").write_text("scan,grade\nsub-1,0\n")
+    with pytest.raises(InputError, match="missing column"):
+        load_labels(tmp_path / "cols.csv")
+    (tmp_path / "lvl.csv").write_text("scan,level,grade\nsub-1,Q9,0\n")
+    with pytest.raises(InputError, match="lvl.csv:2"):
+        load_labels(tmp_path / "lvl.csv")
+    ok = tmp_path / "ok.csv"
+    ok.write_text("scan,level,grade,height_loss\nsub-1,20,2,0.3\nsub-1,T12,0,\n")
+    labels = load_labels(ok)
+    assert labels[("sub-1", 20)].grade == 2 and np.isnan(labels[("sub-1", 19)].height_loss)
+
+
+def test_cli_eval_probe(store_and_model, tmp_path):
+    store, model_id = store_and_model
+    runner = CliRunner()
+    missing = runner.invoke(app, ["eval", "probe", "--model", model_id, "--store", str(store)])
+    assert missing.exit_code == 2 and "--labels" in missing.output
+    unmatched = tmp_path / "other.csv"
+    unmatched.write_text("scan,level,grade\nsub-999,L1,0\n")
+    res = runner.invoke(app, ["eval", "probe", "--model", model_id, "--store", str(store), "--labels", str(unmatched)])
+    assert res.exit_code == 2 and "have a label" in res.output
+    _write_labels(store, tmp_path / "l.csv", lambda img, i: 2 if i % 4 == 0 else 0)
+    res = runner.invoke(app, ["eval", "probe", "--model", model_id, "--store", str(store), "--labels",
+                              str(tmp_path / "l.csv"), "--seeds", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    assert result["model_id"] == model_id and result["seeds"] == [0] and result["n_fractured"] == 30
