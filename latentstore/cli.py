@@ -184,7 +184,7 @@ def train(
     encoder_lr_scale: Annotated[Optional[float], typer.Option("--encoder-lr-scale", help="Encoder learning rate as a multiple of --lr [default: 1].")] = None,
     t_sampling: Annotated[Optional[str], typer.Option("--t-sampling", help="Training timesteps: uniform (DiffAE) | mid [default: uniform].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    run_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: runs/train-<config>].")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: STORE/runs/train-<config>].")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda [default: cuda if available].")] = None,
     store: StoreOpt = DEFAULT_STORE,
     json_out: JsonOpt = False,

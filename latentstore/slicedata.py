@@ -1,9 +1,12 @@
-"""Slices as model input: read the store's `slices/` into memory, split by scan, window HU to [-1, 1].
+"""Slices as model input: split by patient, window HU to [-1, 1], and stream training batches.
 
-The slices of a few hundred patients fit in memory (96*96*2 bytes = 18 KiB each), so training and
-evaluation read the `image` column once into an int16 array and index it. The train/held-out split is a
-pure function of `scan_id` (a hash), so every command, run and machine agrees on it without a manifest,
-and all slices of a scan land on the same side (no leakage between neighbouring vertebrae of one scan).
+Evaluation reads a split into memory (`read_slices`: a few hundred held-out slices). Training streams
+(`SliceStream`): only an index of the split's rows (part file, row) is held; the pixels of a bounded
+window of part files are read at a time, so memory stays flat however many slices the store holds.
+
+The train/held-out split is a pure function of `patient_key` (a hash), so every command, run and machine
+agrees on it without a manifest, and all slices of a patient land on the same side (no leakage between
+neighbouring vertebrae, or between two scans of one patient).
 """
 
 from __future__ import annotations
@@ -72,17 +75,19 @@ class SliceArrays:
     slice_id: np.ndarray  # (N,) int64
     scan_id: np.ndarray  # (N,) object (str)
     level_name: np.ndarray  # (N,) object (str)
+    patient_key: np.ndarray | None = None  # (N,) object (str)
 
     def __len__(self) -> int:
         return len(self.slice_id)
 
     def take(self, idx: np.ndarray) -> "SliceArrays":
-        return SliceArrays(self.images[idx], self.slice_id[idx], self.scan_id[idx], self.level_name[idx])
+        pk = None if self.patient_key is None else self.patient_key[idx]
+        return SliceArrays(self.images[idx], self.slice_id[idx], self.scan_id[idx], self.level_name[idx], pk)
 
 
-def is_holdout(scan_id: str, fraction: float) -> bool:
-    """True when `scan_id` belongs to the held-out evaluation split (deterministic: sha256 of the name)."""
-    h = int.from_bytes(hashlib.sha256(scan_id.encode()).digest()[:8], "big")
+def is_holdout(patient_key: str, fraction: float) -> bool:
+    """True when `patient_key` belongs to the held-out evaluation split (deterministic: sha256 of the key)."""
+    h = int.from_bytes(hashlib.sha256(patient_key.encode()).digest()[:8], "big")
     return h / 2**64 < fraction
 
 
@@ -95,16 +100,16 @@ def read_slices(store: str | None = None, split: Split = "all", holdout_fraction
 
     path = resolve_store(store).rstrip("/") + "/slices"
     try:
-        table = read_table(store, columns=["slice_id", "scan_id", "level_name", "image"])
+        table = read_table(store, columns=["slice_id", "scan_id", "patient_key", "level_name", "image"])
     except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
         raise StoreError(f"no readable slices in {path} ({e}); run `latentstore ingest` first") from None
     table = table.sort_by("slice_id")
     scan = np.asarray(table.column("scan_id").to_pylist(), dtype=object)
+    pk = np.asarray(table.column("patient_key").to_pylist(), dtype=object)
     if split != "all":
-        held = np.fromiter((is_holdout(s, holdout_fraction) for s in scan), dtype=bool, count=len(scan))
-        keep = held if split == "holdout" else ~held
+        keep = _split_mask(pk, split, holdout_fraction)
         table = table.filter(pa.array(keep))
-        scan = scan[keep]
+        scan, pk = scan[keep], pk[keep]
     if table.num_rows == 0:
         raise StoreError(f"no {split} slices in {path} (holdout_fraction={holdout_fraction})")
     image = table.column("image").combine_chunks()
@@ -114,7 +119,13 @@ def read_slices(store: str | None = None, split: Split = "all", holdout_fraction
         slice_id=table.column("slice_id").to_numpy(),
         scan_id=scan,
         level_name=np.asarray(table.column("level_name").to_pylist(), dtype=object),
+        patient_key=pk,
     )
+
+
+def _split_mask(patient_key: np.ndarray, split: Split, fraction: float) -> np.ndarray:
+    held = np.fromiter((is_holdout(k, fraction) for k in patient_key), dtype=bool, count=len(patient_key))
+    return np.ones(len(held), bool) if split == "all" else held if split == "holdout" else ~held
 
 
 def data_hash(slices: SliceArrays) -> str:
@@ -123,3 +134,139 @@ def data_hash(slices: SliceArrays) -> str:
     h.update(np.ascontiguousarray(slices.slice_id, dtype="<i8").tobytes())
     h.update(np.ascontiguousarray(slices.images, dtype="<i2").tobytes())
     return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ training stream
+
+
+class InMemorySlices:
+    """Batches from slices already in memory (tests, or callers holding the data): an epoch is a seeded
+    permutation of all slices, consumed in order (`train.batch_indices`)."""
+
+    def __init__(self, slices: SliceArrays):
+        self.slices = slices
+        self.data_hash = data_hash(slices)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        from .train import batch_indices
+
+        return self.slices.images[batch_indices(len(self.slices), batch_size, seed, step)]
+
+    def fixed(self, k: int) -> np.ndarray:
+        """k slices spread over the data (previews)."""
+        idx = np.linspace(0, len(self.slices) - 1, num=min(k, len(self.slices))).round().astype(int)
+        return self.slices.images[idx]
+
+
+class SliceStream:
+    """Seeded, resumable, memory-bounded training batches from the store's `slices/`.
+
+    Holds an index of the split's rows (part file and row number, 16 bytes a slice). An epoch permutes the
+    part files (seed, epoch), groups them in order into windows of about `window` slices, and permutes the
+    rows of each window (seed, epoch, window); the epoch is the concatenation of the windows. The batch at
+    step s is positions [s*B, (s+1)*B) of the endless sequence of epochs, so it is a function of
+    (seed, s) alone: a resumed run reads what an uninterrupted one would have read. When the split fits one
+    window (stores of up to `window` slices) an epoch is a full random permutation. Only the window(s) a
+    batch touches are in memory.
+    """
+
+    def __init__(self, store=None, split: Split = "train", holdout_fraction: float = 0.1, window: int = 4096):
+        from .store import Store
+
+        self.store = Store(store)
+        self.window = window
+        parts = self.store.published_parts()
+        if not parts:
+            raise StoreError(f"no slices in {self.store.root}; run `latentstore ingest` first")
+        self.parts, self.rows = [], []  # part paths, and per part the row numbers in the split
+        ids, names = [], []
+        for name in parts:
+            path = self.store.path("slices", name)
+            t = self._read(path, ["slice_id", "patient_key"])
+            keep = np.flatnonzero(_split_mask(np.asarray(t.column("patient_key").to_pylist(), dtype=object),
+                                              split, holdout_fraction))
+            if len(keep):
+                self.parts.append(path)
+                self.rows.append(keep)
+                ids.append(t.column("slice_id").to_numpy()[keep])
+                names.append(name)
+        self.n = int(sum(len(r) for r in self.rows))
+        if self.n == 0:
+            raise StoreError(f"no {split} slices in {self.store.slices_dir} (holdout_fraction={holdout_fraction})")
+        h = hashlib.sha256()  # part names are hashes of (CT content, slicing): they stand for the pixels
+        for name, i in sorted(zip(names, ids)):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(np.sort(i), dtype="<i8").tobytes())
+        self.data_hash = h.hexdigest()[:16]
+        self._cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._win_key, self._win = None, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _read(self, path: str, columns: list[str]):
+        import pyarrow.parquet as pq
+
+        with self.store.fs.open_input_file(path) as f:
+            return pq.read_table(f, columns=columns)
+
+    def _windows(self, epoch: int, seed: int) -> list[list[int]]:
+        if self._win_key == (epoch, seed):
+            return self._win
+        order = np.random.default_rng([seed, epoch, 0]).permutation(len(self.parts))
+        windows, cur, size = [], [], 0
+        for p in order:
+            cur.append(int(p))
+            size += len(self.rows[p])
+            if size >= self.window:
+                windows.append(cur)
+                cur, size = [], 0
+        if cur:
+            windows.append(cur)
+        self._win_key, self._win = (epoch, seed), windows
+        return windows
+
+    def _window_images(self, epoch: int, w: int, parts: list[int], seed: int) -> np.ndarray:
+        key = (seed, epoch, w)
+        if key not in self._cache:
+            imgs = []
+            for p in parts:
+                col = self._read(self.parts[p], ["image"]).column("image").combine_chunks()
+                flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
+                imgs.append(flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]])
+            block = np.concatenate(imgs)
+            self._cache = {key: block[np.random.default_rng([seed, epoch, w + 1]).permutation(len(block))]}
+            # (one window held; a batch spanning two windows reads the first again only at a boundary)
+        return self._cache[key]
+
+    def batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """(B, 96, 96) int16 HU: positions [step*B, (step+1)*B) of the seeded sequence of epochs."""
+        out, pos, end = [], step * batch_size, (step + 1) * batch_size
+        while pos < end:
+            epoch, off = divmod(pos, self.n)
+            start = 0
+            for w, parts in enumerate(self._windows(epoch, seed)):
+                size = int(sum(len(self.rows[p]) for p in parts))
+                if off < start + size:
+                    take = min(end - pos, start + size - off)
+                    block = self._window_images(epoch, w, parts, seed)
+                    out.append(block[off - start : off - start + take])
+                    pos += take
+                    break
+                start += size
+        return np.concatenate(out)
+
+    def fixed(self, k: int) -> np.ndarray:
+        """k slices from the first part files in store order (previews)."""
+        imgs, have = [], 0
+        for p in range(len(self.parts)):
+            col = self._read(self.parts[p], ["image"]).column("image").combine_chunks()
+            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
+            imgs.append(flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]])
+            have += len(self.rows[p])
+            if have >= k:
+                break
+        return np.concatenate(imgs)[:k]

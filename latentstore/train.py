@@ -5,7 +5,7 @@ trained jointly, Adam lr 1e-4, gradient-norm clip 1, an EMA of the whole model u
 downstream, bf16 autocast on a GPU and fp32 on CPU. Differences, on purpose: no left-right flip (a sagittal
 slice is not mirror-symmetric: anterior is always left), and a shorter EMA (see `TrainConfig.ema_decay`).
 
-Run folder (`--out`):
+Run folder (`--out`, default `STORE/runs/train-<config>`):
   train_config.json                      TrainConfig + ModelConfig + Preprocess + data hash (written once)
   log.jsonl                              one line per step: step, loss, grad_norm, seconds
   checkpoints/step_XXXXXXXX/             model / ema / optimizer .safetensors + state.json (atomic rename)
@@ -33,8 +33,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import InputError
-from .slicedata import Preprocess, SliceArrays, data_hash, read_slices
-from .store import resolve_store
+from .slicedata import InMemorySlices, Preprocess, SliceArrays, SliceStream
+from .store import Store, resolve_store
 
 
 @dataclass(frozen=True)
@@ -231,17 +231,17 @@ def train(
     from .model import DiffusionAutoencoder, ModelConfig
 
     store = resolve_store(store)
-    run = Path(out) if out else Path("runs") / f"train-{cfg.config}"
+    run = Path(out) if out else default_run_dir(store, cfg.config)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model_config = ModelConfig.named(cfg.config)
     pre = Preprocess(cfg.hu_min, cfg.hu_max, image_size=model_config.image_size)
-    data = slices if slices is not None else read_slices(store, "train", cfg.holdout_fraction)
-    images = torch.tensor(data.images)  # (N, 96, 96) int16 HU (a copy: the Arrow buffer is read-only)
+    # streamed from the store (memory flat in the number of slices), or the caller's in-memory slices
+    data = InMemorySlices(slices) if slices is not None else SliceStream(store, "train", cfg.holdout_fraction)
     header = {
         "train": asdict(cfg),
         "model": ckpt.config_to_dict(model_config),
         "preprocess": pre.to_dict(),
-        "data_hash": data_hash(data),
+        "data_hash": data.data_hash,
         "n_train_slices": len(data),
         "store": store,
     }
@@ -284,7 +284,7 @@ def train(
         task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan")) if bar else None
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            x0 = pre.to_model(images[batch_indices(len(images), cfg.batch_size, cfg.seed, step)]).to(device)
+            x0 = pre.to_model(data.batch(step, cfg.batch_size, cfg.seed)).to(device)
             torch.manual_seed(step_seed(cfg.seed, step))
             with amp:
                 loss = training_loss(net, x0, t=sample_t(cfg.t_sampling, len(x0), device))  # eps-MSE
@@ -304,7 +304,7 @@ def train(
                 extra = {"seconds": seconds, "images_seen": done * cfg.batch_size, "loss": loss_value}
                 save_checkpoint(run, net, ema, opt, done, extra, cfg.keep_checkpoints)
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
-                _preview(run / "previews" / f"step_{done:08d}.png", ema, images, pre, cfg, device)
+                _preview(run / "previews" / f"step_{done:08d}.png", ema, data.fixed(8), pre, cfg, device)
             if bar:
                 bar.update(task, completed=done, loss=loss_value)
 
@@ -338,16 +338,20 @@ def _progress(total: int):
                     TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
 
 
-def _preview(path: Path, ema, images: torch.Tensor, pre: Preprocess, cfg: TrainConfig, device) -> None:
+def _preview(path: Path, ema, images: np.ndarray, pre: Preprocess, cfg: TrainConfig, device) -> None:
     """A PNG grid from the EMA model: 8 fixed training slices, their reconstructions, and samples."""
     from .evaluate import generate, reconstruct, save_grid
 
-    idx = np.linspace(0, len(images) - 1, num=min(8, len(images))).round().astype(int)
-    x0 = pre.to_model(images[idx]).to(device)
+    x0 = pre.to_model(images).to(device)
     with torch.no_grad():
         rec = reconstruct(ema, x0, cfg.preview_steps)
         gen = generate(ema, x0.flip(0), cfg.preview_steps, seed=cfg.seed)
     save_grid([x0, rec, gen], path, labels=["input", "reconstruction", "sample (z of another slice, random x_T)"])
+
+
+def default_run_dir(store: str, config: str) -> Path:
+    """`STORE/runs/train-<config>`: runs live with the data they train on, not in the current folder."""
+    return Store(store).local_path("runs", f"train-{config}")
 
 
 def steps_for(samples: int | None, steps: int | None, batch_size: int) -> int | None:
@@ -361,7 +365,7 @@ def run_from_cli(overrides: dict, steps=None, samples=None, store=None, out=None
                  progress=True) -> TrainResult:
     """`latentstore train`: options left unset (None) take the defaults, or, with --resume, the run's own."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    run = Path(out) if out else Path("runs") / f"train-{given.get('config', TrainConfig.config)}"
+    run = Path(out) if out else default_run_dir(resolve_store(store), given.get("config", TrainConfig.config))
     try:
         if resume and latest_checkpoint(run) is not None:
             base = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text())["train"])
