@@ -43,6 +43,9 @@ from torch import nn
 NUM_TIMESTEPS = 1000
 EVAL_STEPS = 20  # paper Table 5 `eval_T`: DDIM steps for reconstruction
 GENERATION_STEPS = 100  # paper Table 5 `generation T`: DDIM steps for manipulated images
+# DDIM steps of the inversion x0 -> x_T that an edit (a grade ladder) starts from: DiffAE's manipulation
+# notebook inverts with T = 250 and renders the edited z_sem with T = 100; the paper does not state its own.
+EDIT_INVERSION_STEPS = 250
 
 
 @dataclass(frozen=True, eq=False)

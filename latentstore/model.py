@@ -116,7 +116,10 @@ class ModelConfig:
 
 NAMED_CONFIGS: dict[str, dict] = {
     # DiffAE's 64-px autoencoder (ffhq64_autoenc) on the 96 = 3 * 32 px grid: UNet levels at 96/48/24/12 px,
-    # encoder down to 6 px, attention at 24 px (DiffAE: 16 px = its third level). ~91 M parameters.
+    # encoder down to 6 px, attention at 24 px. ~91 M parameters. Attention resolution for 96 px: DiffAE's
+    # 64-px model attends at 16 px, its third level (1/4 of the side); 24 px is the same level and the same
+    # 1/4 on the 96 px grid (576 tokens of 4x4 mm: a vertebral body of 25-35 mm spans 6-9 tokens).
+    # Training recipe: train.RECIPES["paper"] (Table 5).
     "paper": dict(),
     # Trains to a usable model in about an hour on 2 CPU cores (~1 s per batch-16 step, bench/model.py): narrow
     # high-resolution levels, one ResBlock per level, attention only at 12 px and in the middle. ~2.2 M params.
