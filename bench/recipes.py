@@ -32,6 +32,8 @@ RECIPES: dict[str, dict] = {
     "lr1e-3-enc0.1": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1),
     "lr1e-3-mid-t": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
     "lr3e-4-b64": dict(config="small", batch_size=64, lr=3e-4, ema_decay=0.999),
+    "cpu48-lr1e-3": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999),
+    "cpu48-lr2e-4": dict(config="cpu48", batch_size=32, lr=2e-4, ema_decay=0.999),
 }
 
 
@@ -50,6 +52,7 @@ def probe_point(net, preprocess, data, seeds=(0, 1, 2)) -> dict:
 def baselines(out: Path, data, preprocess, config: str) -> dict:
     from latentstore.model import DiffusionAutoencoder, ModelConfig
     from latentstore.probe import detection_probe, pix8_features
+    from latentstore.slicedata import Preprocess
 
     path = out / f"baselines-{config}.json"
     if path.is_file():
@@ -57,8 +60,9 @@ def baselines(out: Path, data, preprocess, config: str) -> dict:
     det = np.isin(data.grade, (0, 2, 3))
     y = (data.grade[det] >= 2).astype(int)
     torch.manual_seed(0)
-    untrained = DiffusionAutoencoder(ModelConfig.named(config)).eval()
-    res = {"untrained": probe_point(untrained, preprocess, data)["auc"],
+    cfg = ModelConfig.named(config)
+    untrained = DiffusionAutoencoder(cfg).eval()
+    res = {"untrained": probe_point(untrained, Preprocess(image_size=cfg.image_size), data)["auc"],
            "pix8": detection_probe(pix8_features(preprocess, data.images)[det], y, data.groups[det], "logistic",
                                    (0, 1, 2), 5)["auc"]}
     path.write_text(json.dumps(res) + "\n")
@@ -77,8 +81,8 @@ def run_recipe(name: str, args, data) -> list[dict]:
     curve_path = folder / "curve.jsonl"
     curve = [json.loads(ln) for ln in curve_path.read_text().splitlines()] if curve_path.is_file() else []
     batch = over["batch_size"]
-    pre = Preprocess()
     model_config = ModelConfig.named(over["config"])
+    pre = Preprocess(image_size=model_config.image_size)
     targets = list(range(args.every, args.images + 1, args.every))
     if not curve:  # the starting point, the same init every recipe of this config shares
         torch.manual_seed(0)

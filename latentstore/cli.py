@@ -172,7 +172,7 @@ def _cell(value) -> str:
 
 @app.command()
 def train(
-    config: Annotated[Optional[str], typer.Option("--config", help="Model config: tiny | small | paper [default: tiny].")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Model config: tiny | small | cpu48 | paper [default: tiny].")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps in total [default: 1000].")] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Images to train on (instead of --steps).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per step [default: 16].")] = None,
