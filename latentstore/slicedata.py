@@ -85,10 +85,22 @@ class SliceArrays:
         return SliceArrays(self.images[idx], self.slice_id[idx], self.scan_id[idx], self.level_name[idx], pk)
 
 
+def _unit_hash(patient_key: str) -> float:
+    return int.from_bytes(hashlib.sha256(patient_key.encode()).digest()[:8], "big") / 2**64
+
+
+def holdout_keys(patient_keys, fraction: float) -> set[str]:
+    """The held-out patients among `patient_keys`: those whose sha256 falls below `fraction`, so the split
+    of a patient never changes as the store grows; a store too small to have one (20 patients at 0.1 have
+    none with probability 0.12) holds out its single lowest-hash patient instead."""
+    keys = set(patient_keys)
+    held = {k for k in keys if is_holdout(k, fraction)}
+    return held or ({min(keys, key=_unit_hash)} if len(keys) > 1 else set())
+
+
 def is_holdout(patient_key: str, fraction: float) -> bool:
-    """True when `patient_key` belongs to the held-out evaluation split (deterministic: sha256 of the key)."""
-    h = int.from_bytes(hashlib.sha256(patient_key.encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+    """The hash rule alone: True when sha256(`patient_key`) falls below `fraction` (see `holdout_keys`)."""
+    return _unit_hash(patient_key) < fraction
 
 
 def read_slices(store: str | None = None, split: Split = "all", holdout_fraction: float = 0.1) -> SliceArrays:
@@ -123,8 +135,9 @@ def read_slices(store: str | None = None, split: Split = "all", holdout_fraction
     )
 
 
-def _split_mask(patient_key: np.ndarray, split: Split, fraction: float) -> np.ndarray:
-    held = np.fromiter((is_holdout(k, fraction) for k in patient_key), dtype=bool, count=len(patient_key))
+def _split_mask(patient_key: np.ndarray, split: Split, fraction: float, held_keys: set[str] | None = None) -> np.ndarray:
+    held_keys = holdout_keys(patient_key, fraction) if held_keys is None else held_keys
+    held = np.fromiter((k in held_keys for k in patient_key), dtype=bool, count=len(patient_key))
     return np.ones(len(held), bool) if split == "all" else held if split == "holdout" else ~held
 
 
@@ -183,15 +196,18 @@ class SliceStream:
             raise StoreError(f"no slices in {self.store.root}; run `latentstore ingest` first")
         self.parts, self.rows = [], []  # part paths, and per part the row numbers in the split
         ids, names = [], []
+        index = {}
         for name in parts:
+            t = self._read(self.store.path("slices", name), ["slice_id", "patient_key"])
+            index[name] = (t.column("slice_id").to_numpy(), np.asarray(t.column("patient_key").to_pylist(), dtype=object))
+        held = holdout_keys((k for _, pk in index.values() for k in pk), holdout_fraction)
+        for name, (sid, pk) in index.items():
             path = self.store.path("slices", name)
-            t = self._read(path, ["slice_id", "patient_key"])
-            keep = np.flatnonzero(_split_mask(np.asarray(t.column("patient_key").to_pylist(), dtype=object),
-                                              split, holdout_fraction))
+            keep = np.flatnonzero(_split_mask(pk, split, holdout_fraction, held))
             if len(keep):
                 self.parts.append(path)
                 self.rows.append(keep)
-                ids.append(t.column("slice_id").to_numpy()[keep])
+                ids.append(sid[keep])
                 names.append(name)
         self.n = int(sum(len(r) for r in self.rows))
         if self.n == 0:

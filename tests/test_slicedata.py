@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from latentstore.errors import StoreError
-from latentstore.slicedata import SliceStream, is_holdout, read_slices
+from latentstore.slicedata import SliceStream, holdout_keys, is_holdout, read_slices
 from latentstore.train import default_run_dir
 from tiny_store import make_store
 
@@ -53,10 +53,17 @@ def test_split_is_by_patient_and_holdout_and_train_are_disjoint(store):
     train, held = read_slices(store, "train", 0.3), read_slices(store, "holdout", 0.3)
     assert set(train.patient_key).isdisjoint(held.patient_key)
     assert all(is_holdout(k, 0.3) for k in held.patient_key)
+    # a store too small for the hash rule still holds one patient out, the same one every time
+    keys = [f"k{i}" for i in range(20)]
+    few = holdout_keys(keys, 1e-6)
+    assert len(few) == 1 and few == holdout_keys(reversed(keys), 1e-6) and holdout_keys(["only"], 1e-6) == set()
+    assert holdout_keys(keys, 0.5) == {k for k in keys if is_holdout(k, 0.5)}
     assert len(SliceStream(store, "train", 0.3)) == len(train)
     assert SliceStream(store, "train", 0.3).data_hash != SliceStream(store, "all").data_hash
+    assert len(SliceStream(store, "holdout", 1e-9)) == 3  # one patient (3 levels) held out
+    single = make_store(store.parent / "one", n_scans=1, levels=3)
     with pytest.raises(StoreError, match="no holdout slices"):
-        SliceStream(store, "holdout", 1e-9)
+        SliceStream(single, "holdout", 0.1)
 
 
 def test_runs_live_in_the_store(store):
