@@ -286,3 +286,145 @@ def test_cli_json_summary(tmp_path):
     summary = json.loads(result.output)
     assert summary["patients"] == 1 and summary["vertebrae"] == 2 and sum(summary["grades"].values()) == 2
     assert (tmp_path / "out" / "rawdata" / "sub-synth0001" / "sub-synth0001_ct.nii.gz").is_file()
+
+
+# ------------------------------------------------------------------------------------- realism (issue 8)
+
+
+def _slices(p, vols):
+    """The 96x96 sagittal slices `latentstore ingest` cuts from a rasterised patient."""
+    from latentstore.ingest.load import Volume
+    from latentstore.ingest.slicing import cut_slices
+
+    vol = Volume(vols.hu, vols.affine, {k: np.asarray(c) for k, c in vols.centroids.items()}, None)
+    return [c.image.astype(np.float32) for c in cut_slices(vol)[0]]
+
+
+@pytest.fixture(scope="module")
+def iso_patient():
+    """One patient at 1 mm (the slices' own grid), rasterised once for the texture tests."""
+    cfg = SynthConfig(patients=1, seed=SEED, levels=(19, 20, 21, 22), spacing=(1.0, 1.0, 1.0))
+    p = plan_patient(cfg, 0)
+    return p, rasterise(p, cfg.seed)
+
+
+def test_soft_tissue_has_fine_grained_noise_fat_and_no_flat_grey(iso_patient):
+    from scipy import ndimage
+
+    p, vols = iso_patient
+    hp, fat, sd = [], [], []
+    for img in _slices(p, vols):
+        soft = (img >= -200) & (img <= 200)
+        core = ndimage.binary_erosion(soft, np.ones((5, 5)))
+        hp.append((img - ndimage.gaussian_filter(img, 1.5))[core].std())  # the old phantom: 9-16 HU here
+        body = ndimage.binary_fill_holes(img > -500)
+        fat.append(((img >= -190) & (img <= -30) & body).sum() / body.sum())
+        sd.append(img[soft].std())
+    assert 13 < np.median(hp) < 40, hp
+    assert np.median(fat) > 0.06, fat  # fat (prevertebral, mesenteric, intermuscular): the old one had ~4 %
+    assert np.median(sd) > 50, sd  # fat, muscle and organs, not a flat grey (old: SD 34-49)
+
+
+def test_ct_noise_has_the_requested_sd_and_a_fine_grain():
+    from latentstore.synth.phantom import _Grid, ct_noise
+
+    grid = _Grid((0, 0, 0), (0.8, 0.8, 1.0), (64, 64, 48))
+    n = ct_noise(grid, 30.0, 0.45, np.random.default_rng(0))
+    assert n.std() == pytest.approx(30.0, rel=0.12)
+    lag1 = np.corrcoef(n[1:].ravel(), n[:-1].ravel())[0, 1]
+    assert 0.1 < lag1 < 0.6  # correlated, but still grain at 1 voxel (not smooth blotches)
+
+
+def test_trabecular_texture_streaks_vertically_and_cortex_is_bright():
+    from latentstore.synth.phantom import _texture
+
+    f = _texture((40, 40, 60), (1.0, 1.0, 1.0), np.random.default_rng(1), (0.55, 0.55, 3.0))
+    along_z = np.corrcoef(f[:, :, 2:].ravel(), f[:, :, :-2].ravel())[0, 1]
+    along_y = np.corrcoef(f[:, 2:].ravel(), f[:, :-2].ravel())[0, 1]
+    assert along_z > 0.6 and along_y < 0.1
+
+
+def test_cortex_and_endplates_are_bright_on_the_slices(iso_patient):
+    p, vols = iso_patient
+    p95 = [np.percentile(img[28:69, 28:69][img[28:69, 28:69] > 250], 95) for img in _slices(p, vols)]
+    assert 610 < np.median(p95) < 1100, p95  # the old phantom: 470-600
+
+
+def test_lookalikes_measure_g0_and_are_recorded():
+    from latentstore.synth.patient import LOOKALIKE_MAX
+    from latentstore.synth.write import gt_rows
+
+    cfg = SynthConfig(patients=40, seed=0)
+    seen = Counter()
+    for i in range(cfg.patients):
+        p = plan_patient(cfg, i)
+        rows = {int(r["level"]): r for r in gt_rows(p, type("V", (), {"centroids": {}})(), "train")}
+        for vb in p.visible:
+            m = p.measured[vb.label]
+            assert rows[vb.label]["lookalike"] == ("none", "short", "developmental_wedge")[vb.lookalike]
+            if not vb.lookalike:
+                continue
+            seen[vb.lookalike] += 1
+            assert vb.shape == 0 and m.grade == 0 and m.loss <= LOOKALIKE_MAX + 1e-9, (i, vb.label, m)
+            if vb.lookalike == 1:  # short: shorter than the neighbours, its own ratios intact
+                assert m.parts[2] > 0.04 and m.parts[0] < 0.12, m.parts
+            else:  # developmental wedge: the anterior height is lower
+                assert m.parts[0] > 0.07, m.parts
+    assert seen[1] >= 2 and seen[2] >= 3, seen
+
+
+def test_implants_in_a_few_percent_of_scans_with_saturated_metal_outside_the_mask():
+    from latentstore.synth.patient import IMPLANT_P, has_implant
+
+    share = np.mean([has_implant(np.random.default_rng([0, i, 3])) for i in range(3000)])
+    assert 0.03 <= share <= 0.05 and abs(share - IMPLANT_P) < 0.01
+    cfg = SynthConfig(patients=4, seed=0, levels=(19, 20, 21), spacing=(1.5, 1.5, 1.5))
+    p = plan_patient(cfg, 3)  # patient 3 of seed 0 has screws
+    assert p.implant == "pedicle_screws" and sum(v.implant for v in p.vertebrae) >= 2
+    vols = rasterise(p, cfg.seed)
+    metal = vols.hu >= 3000
+    assert metal.sum() > 100 and vols.hu.max() == 3071  # saturated at the scanner's ceiling
+    assert not (vols.labels[metal] > 0).all()  # screws are no vertebra
+    assert _scans_row_implant(p) == "pedicle_screws"
+
+
+def _scans_row_implant(p) -> str:
+    from latentstore.synth.write import scan_row
+
+    return scan_row(p, "train", (1, 1, 1))["implant"]
+
+
+def test_fracture_risk_rises_at_the_junction_and_with_osteoporosis_keeping_the_prevalence():
+    from latentstore.synth.patient import fracture_risk
+
+    cfg = SynthConfig(patients=1)
+    r = fracture_risk([16, 19, 20, 23], 150.0, cfg)
+    assert r[1] > 1.5 * r[0] and r[2] > 2 * r[3]  # T12, L1 above T9 and L4
+    assert fracture_risk([20], 90.0, cfg)[0] > 3 * fracture_risk([20], 200.0, cfg)[0]
+    risk = np.repeat([0.5, 1.5], 10000)
+    g = sample_grades(np.random.default_rng(0), risk.size, (0.8, 0.1, 0.07, 0.03), risk)
+    assert abs((g > 0).mean() - 0.2) < 0.012  # the mean risk is 1: the prevalence is kept
+    assert (g[10000:] > 0).mean() > 2.5 * (g[:10000] > 0).mean()
+    counts = np.bincount(g[g > 0], minlength=4)[1:]
+    assert np.allclose(counts / counts.sum(), (0.5, 0.35, 0.15), atol=0.03)
+    # A whole archive plan: fractures concentrate at T11-L2 and in the low-density patients.
+    cfg = SynthConfig(patients=40, seed=4)
+    rows = [(v.label, p.trab_hu, p.measured[v.label].grade > 0) for i in range(cfg.patients)
+            for p in [plan_patient(cfg, i)] for v in p.visible]
+    junction = [f for lab, _, f in rows if 18 <= lab <= 21]
+    other = [f for lab, _, f in rows if not 18 <= lab <= 21]
+    assert np.mean(junction) > np.mean(other)
+
+
+def test_degenerative_changes_are_drawn_and_recorded(archive):
+    gt = _rows(archive / "ground_truth.csv")
+    assert {"lookalike", "osteophyte", "schmorl", "vacuum_disc", "implant"} <= set(gt[0])
+    assert "implant" in _scans(archive)[0]
+    cfg = SynthConfig(patients=30, seed=1)
+    vs = [v for i in range(cfg.patients) for v in plan_patient(cfg, i).vertebrae]
+    n = len(vs)
+    assert 0.1 < np.mean([v.osteo_sup > 0 or v.osteo_inf > 0 for v in vs]) < 0.8
+    assert 0.02 < np.mean([v.schmorl > 0 for v in vs]) < 0.2
+    assert 0.0 < np.mean([v.vacuum for v in vs]) < 0.15
+    hu = np.array([v.disc_hu for v in vs])
+    assert hu.min() < 60 and hu.max() > 100 and n > 200  # discs 30-120 HU, not an even band

@@ -1,9 +1,13 @@
 """`latentstore synth`: a synthetic spine CT archive with known Genant grades.
 
-Patients with a curved thoracolumbar spine (bodies with cortical shell, endplates and trabecular core,
-discs, posterior elements, soft tissue, fat and air), fractures (wedge, biconcave, crush) graded from
-heights measured on the rasterised mask, written in the VerSe layout with exact affines, varied spacing
-and orientation, ground-truth tables, optional DICOM studies, previews and a contact sheet.
+Patients with a curved thoracolumbar spine (bodies with an irregular cortical shell, bright endplates and
+a trabecular core with vertical streaks, discs, posterior elements, soft tissue with fat, muscle and bowel
+gas, correlated CT noise), fractures (wedge, biconcave, crush; more frequent at T11-L2 and in osteoporotic
+bone) graded from heights measured on the rasterised mask, and what is no fracture: degenerated discs
+(some with vacuum gas), osteophytes, Schmorl's nodes, short or developmentally wedged vertebrae that
+measure G0, pedicle screws with metal streaks in a few scans; written in the VerSe layout with exact
+affines, varied spacing and orientation, ground-truth tables, optional DICOM studies, previews and a
+contact sheet.
 
     from latentstore.synth import synth_archive
     summary = synth_archive("archive/", patients=20, seed=0, dicom=True)

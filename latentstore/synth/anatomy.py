@@ -57,6 +57,20 @@ class Vertebra:
         disc_above, disc_below: heights of the adjacent discs (for the articular processes).
         centre: world position (RAS mm) of the body centre; theta: tilt of the superior axis toward
             anterior (rad).
+
+    Degenerative changes, look-alikes and implants (drawn in CT only; none of them is in the label
+    mask, so the measured heights and grade ignore them, as Genant morphometry ignores osteophytes
+    and Schmorl's nodes):
+        osteo_sup, osteo_inf: length (mm) of the anterior osteophyte (lipping) at the superior /
+            inferior rim, 0 = none.
+        schmorl: Schmorl's node: 0 none, 1 in the superior endplate, 2 in the inferior one;
+            schmorl_un: its AP position (0 anterior .. 1 posterior); schmorl_r: its radius (mm).
+        disc_hu: density of the disc below (annulus; the nucleus is darker when degenerated);
+            disc_deg: its degeneration 0..1; vacuum: gas cleft in the disc below.
+        band_sup, band_inf: sclerosis (HU) under the superior / inferior endplate (degenerative,
+            Modic-like); band_frac: the sclerotic band of a fracture at full collapse (HU).
+        lookalike: 0 none, 1 short vertebra (all heights reduced alike), 2 developmental wedge.
+        implant: pedicle screws in this vertebra.
     """
 
     label: int
@@ -85,6 +99,19 @@ class Vertebra:
     shape: int = 0
     d: float = 0.0
     f_sup: float = 0.5
+    osteo_sup: float = 0.0
+    osteo_inf: float = 0.0
+    schmorl: int = 0
+    schmorl_un: float = 0.5
+    schmorl_r: float = 0.0
+    disc_hu: float = 92.0
+    disc_deg: float = 0.0
+    vacuum: bool = False
+    band_sup: float = 0.0
+    band_inf: float = 0.0
+    band_frac: float = 180.0
+    lookalike: int = 0
+    implant: bool = False
     centre: tuple[float, float, float] = (0.0, 0.0, 0.0)
     theta: float = 0.0
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import InputError
 from ..levels import level_name, level_range
 
-FORMAT_VERSION = 1  # bump when the same seed would make different files
+FORMAT_VERSION = 2  # bump when the same seed would make different files
 
 
 @dataclass(frozen=True)

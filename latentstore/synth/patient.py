@@ -10,10 +10,20 @@ shape (wedge 55 %, biconcave 30 %, crush 15 %) and a target height loss inside i
 `margin` away from the 20/25/40 % thresholds; the deformation `d` is then solved so that the loss
 *measured* on the rasterised plane hits the target. With `boundary`, targets lie within 2 % of one of
 the grade's thresholds and the grade is whatever is measured.
+
+Fracture risk is not uniform: a vertebra's chance of being fractured is the prevalence's
+1 - P(G0) times a relative risk, higher at T11-L2 and with low trabecular density (osteoporosis),
+normalised so that the mean over the archive's population stays at the prevalence (`fracture_risk`).
+
+A second generator, seeded from (seed, patient index, 2), draws what is no fracture: degenerated
+discs (some with vacuum gas), osteophytes, Schmorl's nodes, endplate sclerosis, look-alikes (a
+uniformly short vertebra, a developmental wedge, both measuring G0 against their neighbours) and, in
+`IMPLANT_P` of the scans (a third generator, (seed, patient index, 3)), pedicle screws with rods.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +34,9 @@ from .measure import THRESHOLDS, Heights, Measurement, heights_from_plane, measu
 PLANE_STEP = 0.1  # mm: the resolution the ground-truth heights are measured at
 SHAPE_P = (0.55, 0.30, 0.15)  # wedge, biconcave, crush among fractures
 D_MAX = 0.9
+IMPLANT_P = 0.04  # share of scans with pedicle screws and rods
+LOOKALIKE_MAX = 0.17  # largest measured loss of a look-alike (G0, clear of the 20 % threshold)
+LOOKALIKES = ("none", "short", "developmental_wedge")
 SPINE = [*range(1, 25), 26]  # C1..L5 then the sacrum (context only)
 # label: (posterior height H, depth D, width W) in mm, interpolated between anchors
 _SIZE = {3: (14, 16, 22), 8: (17, 17, 27), 13: (19, 22, 31), 19: (23, 29, 40), 20: (25.5, 31, 42),
@@ -40,7 +53,7 @@ class Acquisition:
         origin: world position (RAS mm) of the canonical voxel (0, 0, 0).
         shape: canonical (RAS) array shape.
         kind: "axial", "sagittal" or "isotropic" (which axis is coarse).
-        noise_hu: Gaussian noise sigma (HU); blur_mm: PSF sigma (mm).
+        noise_hu: CT noise SD (HU) after its grain filter (see `phantom.ct_noise`); blur_mm: PSF sigma (mm).
         dicom_dtype, dicom_intercept: how the DICOM series stores HU (slope 1).
     """
 
@@ -69,6 +82,7 @@ class Patient:
     tissue: dict[str, float]
     targets: dict[int, tuple[int, float]] = field(default_factory=dict)  # label -> (grade, loss)
     measured: dict[int, Measurement] = field(default_factory=dict)
+    implant: str = "none"  # "none" or "pedicle_screws"
 
     @property
     def visible(self) -> list[Vertebra]:
@@ -80,9 +94,61 @@ def scan_id(index: int) -> str:
     return f"sub-synth{index + 1:04d}"
 
 
-def sample_grades(rng: np.random.Generator, n: int, prevalence: tuple[float, ...]) -> np.ndarray:
-    """`n` Genant grades drawn independently with probabilities `prevalence` (G0..G3)."""
-    return rng.choice(4, size=n, p=np.asarray(prevalence, float))
+def sample_grades(rng: np.random.Generator, n: int, prevalence: tuple[float, ...],
+                  risk: np.ndarray | None = None) -> np.ndarray:
+    """`n` Genant grades drawn independently with probabilities `prevalence` (G0..G3); with `risk`
+    (relative risks, mean 1 over the population) vertebra i is fractured with probability
+    min((1 - P(G0)) risk_i, 0.95) and its grade among G1-G3 follows the prevalence's proportions."""
+    p = np.asarray(prevalence, float)
+    if risk is None:
+        return rng.choice(4, size=n, p=p)
+    # One uniform per vertebra against its own cumulative probabilities, as `rng.choice` does: with all
+    # risks 1 the draws are exactly those without `risk`.
+    pf = 1.0 - p[0]
+    q = np.minimum(pf * np.asarray(risk, float), 0.95)[:, None]
+    share = p[1:] / pf if pf > 0 else np.zeros(3)
+    cdf = np.concatenate([1.0 - q, 1.0 - q + q * np.cumsum(share)[None, :]], axis=1)
+    u = rng.random(n)
+    return np.minimum((cdf <= u[:, None]).sum(axis=1), 3)
+
+
+def trabecular_hu(age, female, z):
+    """Patient trabecular density (HU) from age, sex and a standard normal `z` (Pickhardt's L1 norms:
+    ~226 HU under 30, falling ~2.3 HU/year, osteoporosis spread on top); works on arrays."""
+    return np.clip(226 - 2.3 * np.maximum(age - 30, 0) - 12 * (female & (age > 50)) + 22 * z, 90, 230)
+
+
+def level_risk(label: int) -> float:
+    """Relative fracture risk by level: the thoracolumbar junction T11-L2 most, L4-L5 least."""
+    return 2.0 if 18 <= label <= 21 else 1.0 if 15 <= label <= 22 else 0.6 if label >= 23 else 0.8
+
+
+def bone_risk(trab):
+    """Relative fracture risk by trabecular density (HU): x2.7 per 55 HU less."""
+    return np.exp(-(np.asarray(trab, float) - 150.0) / 55.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _risk_norm(levels: tuple[int, ...], min_levels: int) -> float:
+    """Mean of level_risk x bone_risk over the vertebrae an archive shows: levels weighted by how often
+    the visible window covers them, densities by a fixed Monte Carlo sample of the age/sex model."""
+    n_all = len(levels)
+    weight = np.zeros(n_all)
+    sizes = range(min(min_levels, n_all), n_all + 1)
+    for n in sizes:
+        for start in range(n_all - n + 1):
+            weight[start:start + n] += 1.0 / (len(sizes) * (n_all - n + 1))
+    lvl = float(np.sum(weight * [level_risk(lab) for lab in levels]) / weight.sum())
+    g = np.random.default_rng(20240)  # fixed: the normaliser must not depend on the archive's seed
+    age = np.clip(g.normal(66, 13, 20000), 25, 95)
+    trab = trabecular_hu(age, g.random(20000) < 0.55, g.standard_normal(20000))
+    return lvl * float(np.mean(bone_risk(trab)))
+
+
+def fracture_risk(labels: list[int], trab: float, cfg) -> np.ndarray:
+    """Relative fracture risks (mean 1 over the archive's population) of vertebrae `labels`."""
+    norm = _risk_norm(tuple(cfg.levels), int(cfg.min_levels))
+    return np.array([level_risk(lab) for lab in labels]) * float(bone_risk(trab)) / norm
 
 
 def target_loss(rng: np.random.Generator, grade: int, margin: float, boundary: bool) -> float:
@@ -117,11 +183,10 @@ def body_heights(vb: Vertebra) -> Heights:
 def plan_patient(cfg, index: int) -> Patient:
     """Draw patient `index` of an archive made with `cfg` (a `SynthConfig`)."""
     rng = np.random.default_rng([cfg.seed, index])
+    rng_d = np.random.default_rng([cfg.seed, index, 2])  # what is no fracture: degeneration, look-alikes
     age = float(np.clip(rng.normal(66, 13), 25, 95))
     sex = "F" if rng.random() < 0.55 else "M"
-    # Pickhardt's L1 norms: ~226 HU under 30, falling ~2.3 HU/year; osteoporosis spread on top.
-    trab = float(np.clip(226 - 2.3 * max(age - 30, 0) - (12 if sex == "F" and age > 50 else 0)
-                         + rng.normal(0, 22), 90, 230))
+    trab = float(trabecular_hu(age, sex == "F", rng.normal(0, 1)))
     cort = float(np.clip(rng.uniform(780, 1120) + 0.8 * (trab - 160), 700, 1200))
     n_all = len(cfg.levels)
     n_vis = int(rng.integers(min(cfg.min_levels, n_all), n_all + 1))
@@ -135,11 +200,14 @@ def plan_patient(cfg, index: int) -> Patient:
     vs = [_vertebra(lab, lab in window, scale, kyph, trab, cort, rng) for lab in labels]
     vs = [replace(v, disc_above=discs[i - 1] if i else discs[0], disc_below=discs[i]) for i, v in enumerate(vs)]
 
+    vs = _degeneration(vs, age, rng_d)
     p = Patient(index, scan_id(index), age, sex, trab, vs, None, {})  # type: ignore[arg-type]
-    _fractures(p, cfg, rng)
+    _fractures(p, cfg, rng, rng_d)
     p.vertebrae = _layout(p.vertebrae, discs, lord, rng)
     p.acquisition = _acquisition(p, cfg, rng)
     p.tissue = _tissue(p, rng)
+    p.tissue.update(_tissue_extra(age, rng_d))
+    _implant(p, np.random.default_rng([cfg.seed, index, 3]))
     return p
 
 
@@ -180,7 +248,7 @@ def _vertebra(label, visible, scale, kyph, trab, cort, rng) -> Vertebra:
         label=label, visible=visible, height=H, depth=D, width=W, wedge0=wedge0,
         concavity=float(rng.uniform(0.3, 0.8)), waist=float(rng.uniform(0.6, 1.8)),
         rounding=float(rng.uniform(1.2, 2.0)),
-        cortex=float(rng.uniform(0.8, 1.4)), endplate=float(rng.uniform(0.8, 1.3)),
+        cortex=float(rng.uniform(1.0, 1.9)), endplate=float(rng.uniform(1.0, 1.8)),
         trab_hu=float(trab + rng.normal(0, 6) + (8 if reg == "T" else 0)), cort_hu=cort,
         canal_w=canal[0] * scale, canal_ap=canal[1] * scale, arch={"C": 4, "T": 5, "L": 6, "S": 6}[reg] * scale,
         spinous_len={"C": 20, "T": 32, "L": 30, "S": 15}[reg] * scale * rng.uniform(0.9, 1.1),
@@ -190,10 +258,13 @@ def _vertebra(label, visible, scale, kyph, trab, cort, rng) -> Vertebra:
     )
 
 
-def _fractures(p: Patient, cfg, rng: np.random.Generator) -> None:
-    """Draw grades and shapes for the visible vertebrae and solve each deformation on its plane."""
+def _fractures(p: Patient, cfg, rng: np.random.Generator, rng_d: np.random.Generator) -> None:
+    """Draw grades (by level and bone density) and shapes for the visible vertebrae, make look-alikes
+    of some intact ones, and solve each deformation on its plane."""
     vis = [i for i, v in enumerate(p.vertebrae) if v.visible]
-    grades = sample_grades(rng, len(vis), cfg.prevalence)
+    risk = fracture_risk([p.vertebrae[i].label for i in vis], p.trab_hu, cfg)
+    grades = sample_grades(rng, len(vis), cfg.prevalence, risk)
+    _lookalikes(p, vis, grades, rng_d)
     shapes: dict[int, int] = {}
     for i, g in zip(vis, grades):
         if g == 0:
@@ -205,7 +276,9 @@ def _fractures(p: Patient, cfg, rng: np.random.Generator) -> None:
         shapes[i] = s
         # Wedges mostly collapse the superior endplate; biconcave ones both about equally.
         lo, hi = {1: (0.6, 1.0), 2: (0.4, 0.6), 3: (0.5, 0.8)}[s]
-        p.vertebrae[i] = replace(p.vertebrae[i], shape=s, f_sup=float(rng.uniform(lo, hi)))
+        # Sclerotic band at full collapse: strong when healing, absent when acute.
+        p.vertebrae[i] = replace(p.vertebrae[i], shape=s, f_sup=float(rng.uniform(lo, hi)),
+                                 band_frac=float(rng_d.uniform(0.0, 220.0)))
     vs = p.vertebrae
     hs = {i: body_heights(vs[i]) for i in vis}
 
@@ -229,6 +302,92 @@ def _fractures(p: Patient, cfg, rng: np.random.Generator) -> None:
     for i in vis:
         p.targets.setdefault(vs[i].label, (0, 0.0))
         p.measured[vs[i].label] = measure(hs[i], href(i))
+
+
+def _lookalikes(p: Patient, vis: list[int], grades: np.ndarray, rng: np.random.Generator) -> None:
+    """Turn a few intact (G0-drawn) vertebrae into look-alikes that are no fracture: a uniformly short
+    body (all heights reduced alike, 9-16 %, judged against its neighbours) or a developmental wedge
+    (anterior height 9-16 % lower, more often at T11-L1). Each is checked against its unfractured
+    neighbours to measure below `LOOKALIKE_MAX`; fractures of the neighbours only lower their posterior
+    heights, hence its crush term, so it stays G0."""
+    vs = p.vertebrae
+    for k, i in enumerate(vis):
+        junction = 18 <= vs[i].label <= 20
+        r = rng.random()
+        kind = 1 if r < 0.03 else 2 if r < 0.03 + (0.06 if junction else 0.025) else 0
+        target = float(rng.uniform(0.09, 0.16))
+        nbs = [j for j in (i - 1, i + 1) if j in vis]
+        if grades[k] != 0 or kind == 0 or (kind == 1 and not nbs):
+            continue
+        base = vs[i]
+        for _ in range(6):
+            if kind == 1:
+                cand = replace(base, height=base.height * (1 - target), lookalike=1)
+            else:
+                cand = replace(base, wedge0=target / (0.8 + 0.1 * target), lookalike=2,
+                               schmorl=base.schmorl or int(rng.random() < 0.5))
+            h = body_heights(cand)
+            href = float(np.mean([body_heights(vs[j]).hp for j in nbs])) if nbs else None
+            if measure(h, href).loss <= LOOKALIKE_MAX:
+                vs[i] = cand
+                break
+            target -= 0.025
+
+
+def _degeneration(vs: list[Vertebra], age: float, rng: np.random.Generator) -> list[Vertebra]:
+    """Disc degeneration (density, vacuum gas), osteophytes, Schmorl's nodes and endplate sclerosis,
+    more with age and in the lower lumbar discs; drawn in CT only (see `anatomy.Vertebra`)."""
+    out = []
+    old = float(np.clip((age - 35) / 50, 0, 1))
+    for v in vs:
+        lumbar = v.label >= 19
+        deg = float(np.clip(old + rng.normal(0, 0.22) + (0.15 if v.label >= 23 else 0.0), 0, 1))
+        disc_hu = float(np.clip(108 - 55 * deg + rng.normal(0, 10), 30, 120))
+        vacuum = bool(rng.random() < (0.2 if lumbar else 0.06) * deg ** 2)
+        p_osteo = 0.7 * old * (0.5 + 0.5 * deg)
+        o_sup = float(rng.uniform(1.5, 6.0)) if rng.random() < p_osteo else 0.0
+        o_inf = float(rng.uniform(1.5, 6.0)) if rng.random() < p_osteo else 0.0
+        schmorl = int(rng.integers(1, 3)) if rng.random() < 0.07 else 0
+        modic = float(rng.uniform(80, 250)) * deg if rng.random() < 0.35 * deg else 0.0
+        out.append(replace(v, disc_hu=disc_hu, disc_deg=deg, vacuum=vacuum, osteo_sup=o_sup, osteo_inf=o_inf,
+                           schmorl=schmorl, schmorl_un=float(rng.uniform(0.3, 0.7)),
+                           schmorl_r=float(rng.uniform(2.0, 4.0)), band_inf=modic))
+    # The disc below vertebra k is above vertebra k+1: its sclerosis marks both endplates it touches.
+    for k in range(1, len(out)):
+        if out[k - 1].band_inf:
+            out[k] = replace(out[k], band_sup=out[k - 1].band_inf * float(rng.uniform(0.5, 1.0)))
+    return out
+
+
+def has_implant(rng: np.random.Generator) -> bool:
+    """Whether a scan has pedicle screws: `IMPLANT_P` of them; the first draw of the patient's implant
+    generator, seeded from (seed, patient index, 3)."""
+    return bool(rng.random() < IMPLANT_P)
+
+
+def _implant(p: Patient, rng: np.random.Generator) -> None:
+    """Pedicle screws in 2-4 consecutive visible vertebrae (around a fracture when there is one) of
+    `IMPLANT_P` of the scans."""
+    if not has_implant(rng):
+        return
+    vis = [i for i, v in enumerate(p.vertebrae) if v.visible]
+    fractured = [i for i in vis if p.vertebrae[i].shape]
+    n = int(rng.integers(2, 5))
+    centre = int(rng.choice(fractured)) if fractured else int(rng.choice(vis))
+    lo = int(np.clip(centre - n // 2, vis[0], max(vis[-1] - n + 1, vis[0])))
+    for i in range(lo, min(lo + n, vis[-1] + 1)):
+        p.vertebrae[i] = replace(p.vertebrae[i], implant=True)
+    p.implant = "pedicle_screws"
+
+
+def _tissue_extra(age: float, rng: np.random.Generator) -> dict[str, float]:
+    """Fat and gas of the soft tissue: adiposity 0..1 (visceral and prevertebral fat), fatty
+    infiltration of the back muscles (with age), bowel gas share, noise grain (mm), organ enhancement
+    with contrast (HU)."""
+    return {"adiposity": float(rng.uniform(0, 1)),
+            "muscle_fat": float(np.clip((age - 35) / 60, 0, 0.6) * rng.uniform(0.4, 1.4)),
+            "gas_share": float(rng.uniform(0.0, 0.08)), "grain_mm": float(rng.uniform(0.35, 0.5)),
+            "enhance_hu": float(rng.uniform(30, 90))}
 
 
 def _bad(p: Patient, cfg, vis, hs, href) -> set[int]:
@@ -355,7 +514,7 @@ def _acquisition(p: Patient, cfg, rng: np.random.Generator) -> Acquisition:
     dtype, intercept = [("uint16", -1024), ("int16", -1024), ("int16", 0)][int(rng.integers(0, 3))]
     return Acquisition(
         spacing=tuple(float(x) for x in sp), axcodes=axcodes, origin=tuple(float(x) for x in lo),
-        shape=shape, kind=kind, noise_hu=float(rng.uniform(10, 30)), blur_mm=float(rng.uniform(0.5, 1.0)),
+        shape=shape, kind=kind, noise_hu=float(rng.uniform(16, 40)), blur_mm=float(rng.uniform(0.5, 1.0)),
         dicom_dtype=dtype, dicom_intercept=intercept,
     )
 

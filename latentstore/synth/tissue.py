@@ -1,5 +1,12 @@
-"""The body around the spine: air, skin and subcutaneous fat, back muscles, organs with fat islands and
-bowel gas, aorta, psoas, lungs. Intensities in HU, lengths in mm.
+"""The body around the spine: air, skin and subcutaneous fat, back muscles (fat-infiltrated with age),
+a prevertebral fat layer, organs and bowel with mesenteric fat and gas, aorta, psoas, lungs.
+Intensities in HU, lengths in mm.
+
+Texture comes from two smooth random fields: `field` (~12 mm features: organs, fat islands) and `fine`
+(~5 mm across, ~10 mm along z: bowel loops, gas, fat streaks between muscle fibres). The patient's
+`adiposity` (0..1) sets the share of fat among the organs (8-35 %) and the prevertebral fat's thickness;
+`muscle_fat` the fatty infiltration of the back muscles; `gas_share` the bowel gas below the diaphragm;
+`enhance_hu` the organs' enhancement in contrast scans.
 
 These boundaries run mostly along the body's long axis, so each is drawn per axial position from
 per-slice parameters that follow the spine (its AP and lateral position, body size), and only inside
@@ -9,6 +16,7 @@ the structure's own bounding box: the full grid is touched by the torso alone.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtri
 
 from .anatomy import A_ANT, WALL, ellipse_sdf
 
@@ -43,14 +51,34 @@ def background(p, grid, rng: np.random.Generator) -> np.ndarray:
     paint(vol, frac(torso), FAT)
     inner = frac(torso + t["fat_mm"])
     field = lowfreq(grid.shape, grid.sp, rng)
+    fine = lowfreq(grid.shape, grid.sp, rng, (5.0, 5.0, 10.0))
+    adip = t.get("adiposity", 0.0)
+    thoracic = [v for v in vs if v.label <= 19]
+    z_d = min(v.centre[2] for v in thoracic) - 5.0 if thoracic else np.inf  # the diaphragm
 
-    box = grid.sub((x[0], float(front.min()) + 4, z[0]), (x[-1], y[-1], z[-1]))
+    prefat = 3.0 + 9.0 * adip  # prevertebral / retroperitoneal fat in front of the bodies
+    box = grid.sub((x[0], float(front.min()) + prefat, z[0]), (x[-1], y[-1], z[-1]))
     if box:
         sl, (bx, by, bz) = box
-        f = field[sl]
-        fat = np.clip((f - 0.45) / 0.25, 0, 1)  # mesenteric / retroperitoneal fat islands, soft-edged
-        organ = (t["soft_hu"] + 12 * f) * (1 - fat) + FAT * fat
-        paint(vol[sl], inner[sl] * (by[None, :, None] > front[sl[2]][None, None, :] + 4), organ)
+        f, g = field[sl], fine[sl]
+        # Mesenteric / retroperitoneal fat: a share 8-35 % by adiposity, soft-edged.
+        t_fat = 0.33 * ndtri(1.0 - (0.08 + 0.27 * adip))
+        fat = f + 0.5 * g
+        fat -= np.float32(t_fat)
+        fat *= np.float32(10.0)
+        np.clip(fat, 0, 1, out=fat)
+        # Organs and bowel wall; with contrast they enhance, unevenly (vessels, parenchyma, mucosa).
+        enh = t.get("enhance_hu", 0.0) * t["contrast"]
+        organ = 12 * f
+        organ += (15 + 0.5 * enh) * g
+        organ += np.float32(t["soft_hu"] + enh)
+        paint(organ, fat, FAT)
+        if "gas_share" in t and t["gas_share"] > 0:  # bowel gas in the abdomen, away from the bodies
+            t_gas = 0.3 * ndtri(1.0 - t["gas_share"])
+            far = (by[None, :, None] > front[sl[2]][None, None, :] + prefat + 8) & (bz[None, None, :] < z_d)
+            gas_f = np.clip((g - np.float32(t_gas)) * np.float32(25.0), 0, 1) * far
+            paint(organ, gas_f, AIR)
+        paint(vol[sl], inner[sl] * (by[None, :, None] > front[sl[2]][None, None, :] + prefat), organ)
 
     box = grid.sub((x[0], y[0], z[0]), (x[-1], float(wall.max()), z[-1]))
     if box:  # erector spinae and multifidus either side of the spinous processes
@@ -61,7 +89,10 @@ def background(p, grid, rng: np.random.Generator) -> np.ndarray:
             m = ellipse_sdf(bx[:, None, None] - (xs[zs] + side * (0.5 * width[zs] + 4))[None, None, :],
                             by[None, :, None] - (wall[zs] - half)[None, None, :],
                             (0.5 * width[zs] + 6)[None, None, :], (half - 2)[None, None, :])
-            paint(vol[sl], inner[sl] * frac(m), t["muscle_hu"] - 8 * (field[sl] > 0.3))
+            # Fatty infiltration: fat streaks between the fibres, a share `muscle_fat` of the muscle.
+            mf = t.get("muscle_fat", 0.0)
+            streak = np.clip((fine[sl] - 0.3 * ndtri(1.0 - max(mf, 1e-3))) / 0.08, 0, 1) if mf > 0 else 0.0
+            paint(vol[sl], inner[sl] * frac(m), (t["muscle_hu"] + 10 * fine[sl]) * (1 - streak) + FAT * streak)
 
     lumbar = [v for v in vs if v.label >= 20]
     if lumbar:  # psoas: grows from L1 down
@@ -88,7 +119,6 @@ def background(p, grid, rng: np.random.Generator) -> np.ndarray:
                     + (by[None, :, None] - (front[zs] + r + 3)[None, None, :]) ** 2) - r
         paint(vol[sl], frac(d), 230.0 if t["contrast"] else 42.0)
 
-    thoracic = [v for v in vs if v.label <= 19]
     if thoracic:  # lungs beside the thoracic bodies; the diaphragm behind the lowest thoracic body
         z_d = min(v.centre[2] for v in thoracic) - 5.0
         box = grid.sub((x[0], y[0], z_d - 2 * grid.sp[2]), (x[-1], y[-1], z[-1]))
@@ -111,11 +141,12 @@ def paint(vol: np.ndarray, frac: np.ndarray, hu) -> None:
     vol += frac * hu
 
 
-def lowfreq(shape, sp, rng: np.random.Generator, feature_mm: float = 12.0) -> np.ndarray:
-    """Smooth random field in [-1, 1] with ~`feature_mm` features (organ texture, fat islands):
-    uniform noise on a coarse lattice, interpolated linearly one axis at a time as small matrix
-    products (the last one writes the full volume in a single pass)."""
-    coarse = [max(int(np.ceil(n * s / feature_mm)) + 2, 2) for n, s in zip(shape, sp)]
+def lowfreq(shape, sp, rng: np.random.Generator, feature_mm=12.0) -> np.ndarray:
+    """Smooth random field in [-1, 1] (SD about 0.31) with ~`feature_mm` features (one value or one per
+    axis; organ texture, fat islands): uniform noise on a coarse lattice, interpolated linearly one axis
+    at a time as small matrix products (the last one writes the full volume in a single pass)."""
+    feat = np.broadcast_to(np.asarray(feature_mm, float), (3,))
+    coarse = [max(int(np.ceil(n * s / fm)) + 2, 2) for n, s, fm in zip(shape, sp, feat)]
     f = rng.uniform(-1, 1, coarse).astype(np.float32)
     w = [_lerp_matrix(n, c) for n, c in zip(shape, coarse)]
     f = np.tensordot(w[0], f, axes=(1, 0))  # (nx, cy, cz)
@@ -139,7 +170,7 @@ def gas(vol, grid, p, front, rng: np.random.Generator) -> None:
     for _ in range(int(p.tissue["gas"])):
         k = int(rng.integers(0, len(z)))
         c = np.array([rng.uniform(x[0], x[-1]), float(front[k]) + rng.uniform(30, 80), z[k]])
-        r = rng.uniform(4, 12)
+        r = rng.uniform(3, 12)
         if any(v.label <= 19 and abs(v.centre[2] - c[2]) < 15 for v in p.vertebrae):
             continue
         box = grid.sub(c - r - 2, c + r + 2)

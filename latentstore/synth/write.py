@@ -19,14 +19,20 @@ Tables (CSV, one row per vertebra or scan, written as patients finish, in patien
   ha_mm, hm_mm, hp_mm (heights at 10/50/90 % of the body's depth from the anterior edge, mid-sagittal
   plane rasterised at 0.1 mm), href_mm (mean hp of the visible neighbours), depth_mm, height_loss
   (= max of loss_wedge, loss_biconcave, loss_crush), target_loss, deformation (the generating `d`,
-  not the grade), centroid_x/y/z (body centroid, world RAS mm), trabecular_hu.
+  not the grade), centroid_x/y/z (body centroid, world RAS mm), trabecular_hu; then what is no
+  fracture (drawn in the CT only, not in the mask, so the heights and grade above ignore it):
+  lookalike (none / short: all heights reduced alike, 9-16 % below the neighbours' / developmental_wedge:
+  anterior height 9-16 % lower; both measure G0, loss at most 0.17), osteophyte (1 = anterior lipping at
+  either rim), schmorl (1 = a Schmorl's node in an endplate), vacuum_disc (1 = gas in the disc below this
+  vertebra), implant (1 = pedicle screws in this vertebra).
 - `grades.csv`: VerSe'19-style wide table: verse_ID, dataset (training/validation/test), one
   `<LEVEL>_fx-g` column per level T1..L6 (plus any cervical levels asked for) holding 0-3, then one
   `<LEVEL>_fx-s` shape column per level (0 none, 1 wedge, 2 biconcave, 3 crush); `x` where the level is
   not visible.
 - `scans.csv`: scan, patient, split, age, sex, levels, n_vertebrae, orientation, spacing_x/y/z (world
-  axes, mm), shape (array shape as stored), acquisition, noise_hu, blur_mm, trabecular_hu, contrast,
-  dicom_dtype, dicom_intercept.
+  axes, mm), shape (array shape as stored), acquisition, noise_hu (SD of the correlated CT noise),
+  blur_mm, trabecular_hu, contrast, dicom_dtype, dicom_intercept, implant (none / pedicle_screws: screws
+  and rods with metal streaks, in about 4 % of the scans).
 """
 
 from __future__ import annotations
@@ -41,15 +47,16 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from ..levels import level_name
 from ..verse import Centroids, write_centroids
 from .measure import SHAPES
-from .patient import Patient
+from .patient import LOOKALIKES, Patient
 from .phantom import Volumes
 
 GT_COLUMNS = ["scan", "patient", "split", "level", "level_name", "grade", "shape", "shape_code", "ha_mm", "hm_mm",
               "hp_mm", "href_mm", "depth_mm", "height_loss", "loss_wedge", "loss_biconcave", "loss_crush",
-              "target_loss", "deformation", "centroid_x", "centroid_y", "centroid_z", "trabecular_hu"]
+              "target_loss", "deformation", "centroid_x", "centroid_y", "centroid_z", "trabecular_hu",
+              "lookalike", "osteophyte", "schmorl", "vacuum_disc", "implant"]
 SCAN_COLUMNS = ["scan", "patient", "split", "age", "sex", "levels", "n_vertebrae", "orientation", "spacing_x",
                 "spacing_y", "spacing_z", "shape", "acquisition", "noise_hu", "blur_mm", "trabecular_hu", "contrast",
-                "dicom_dtype", "dicom_intercept"]
+                "dicom_dtype", "dicom_intercept", "implant"]
 DATASET = {"train": "training", "val": "validation", "test": "test"}
 
 
@@ -111,6 +118,8 @@ def gt_rows(p: Patient, vols: Volumes, split: str) -> list[dict]:
             "loss_crush": round(m.parts[2], 4), "target_loss": round(p.targets[vb.label][1], 4),
             "deformation": round(vb.d, 4), "centroid_x": round(c[0], 2), "centroid_y": round(c[1], 2),
             "centroid_z": round(c[2], 2), "trabecular_hu": round(vb.trab_hu, 1),
+            "lookalike": LOOKALIKES[vb.lookalike], "osteophyte": int(vb.osteo_sup > 0 or vb.osteo_inf > 0),
+            "schmorl": int(vb.schmorl > 0), "vacuum_disc": int(vb.vacuum), "implant": int(vb.implant),
         })
     return rows
 
@@ -126,6 +135,7 @@ def scan_row(p: Patient, split: str, shape: tuple[int, ...]) -> dict:
         "spacing_z": a.spacing[2], "shape": "x".join(str(n) for n in shape), "acquisition": a.kind,
         "noise_hu": round(a.noise_hu, 1), "blur_mm": round(a.blur_mm, 2), "trabecular_hu": round(p.trab_hu, 1),
         "contrast": int(p.tissue["contrast"]), "dicom_dtype": a.dicom_dtype, "dicom_intercept": a.dicom_intercept,
+        "implant": p.implant,
     }
 
 
