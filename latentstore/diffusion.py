@@ -152,6 +152,7 @@ def training_loss(
     generator: torch.Generator | None = None,
     schedule: NoiseSchedule | None = None,
     reduction: str = "mean",
+    z_sem: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DiffAE's training objective: the encoder sees x0, the UNet predicts eps from x_t; MSE on eps.
 
@@ -165,6 +166,8 @@ def training_loss(
         generator: random generator for t and noise (must live on x0's device).
         schedule: defaults to `default_schedule()`.
         reduction: "mean" (scalar) or "none" ((B,) per-sample mean over pixels, e.g. to log loss against t).
+        z_sem: the encoder's code of x0 when the caller already computed it (a latent regulariser); default
+            `model.encoder(x0)`.
     """
     schedule = schedule or default_schedule()
     B = x0.shape[0]
@@ -172,7 +175,7 @@ def training_loss(
         t = torch.randint(0, schedule.num_timesteps, (B,), generator=generator, device=x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    z_sem = model.encoder(x0)  # (B, Z)
+    z_sem = model.encoder(x0) if z_sem is None else z_sem  # (B, Z)
     eps_hat = model(q_sample(x0, t, noise, schedule), t, z_sem)  # (B, C, H, W)
     per_sample = F.mse_loss(eps_hat.float(), noise.float(), reduction="none").flatten(1).mean(dim=1)  # (B,)
     if reduction == "mean":
@@ -180,6 +183,22 @@ def training_loss(
     if reduction == "none":
         return per_sample
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def mmd_to_gaussian(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MMD between a batch of codes and as many draws of N(0, I), Gaussian kernel exp(-|a-b|^2 / (2 Z)).
+
+    InfoDiffusion's latent prior (Wang et al., ICML 2023; the InfoVAE estimator): a deterministic encoder
+    can only match N(0, I) by spreading images over all Z dimensions, so the term works against the
+    collapse of z_sem onto one direction. Biased V-statistic (diagonals included): it is >= 0.
+    """
+    prior = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    scale = 2.0 * z.shape[1]
+
+    def k(a, b):
+        return torch.exp(-torch.cdist(a, b).pow(2) / scale).mean()
+
+    return k(z, z) + k(prior, prior) - 2 * k(z, prior)
 
 
 def _x0_and_eps(

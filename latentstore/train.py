@@ -59,6 +59,8 @@ class TrainConfig:
         keep_checkpoints: how many recent checkpoints stay on disk.
         ema_warmup: warm the EMA up as min(decay, (1+s)/(10+s)); the paper's recipe has none.
         encoder_lr_scale: the semantic encoder's learning rate as a multiple of `lr` (1 = DiffAE).
+        latent_prior: weight of InfoDiffusion's MMD prior pulling z_sem towards N(0, I)
+            (`diffusion.mmd_to_gaussian`); 0 = DiffAE's plain loss.
         t_sampling: how training timesteps are drawn: `uniform` (DiffAE) or `mid` (a Beta(2, 2) over
             [0, T): fewer of the near-clean t where x_t alone suffices and of the pure-noise t).
     """
@@ -80,6 +82,7 @@ class TrainConfig:
     ema_warmup: bool = True
     encoder_lr_scale: float = 1.0
     t_sampling: str = "uniform"
+    latent_prior: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "preview_steps", "keep_checkpoints"):
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.t_sampling not in T_SAMPLING:
             raise ValueError(f"t_sampling must be one of {', '.join(T_SAMPLING)}, got {self.t_sampling!r}")
+        if self.latent_prior < 0:
+            raise ValueError(f"latent_prior must be >= 0, got {self.latent_prior}")
         if not self.encoder_lr_scale > 0:
             raise ValueError(f"encoder_lr_scale must be > 0, got {self.encoder_lr_scale}")
         if not 0 < self.holdout_fraction < 1:
@@ -227,7 +232,7 @@ def train(
 
     `slices` overrides reading the store (tests, or callers that already hold the data).
     """
-    from .diffusion import training_loss
+    from .diffusion import mmd_to_gaussian, training_loss
     from .model import DiffusionAutoencoder, ModelConfig
 
     store = resolve_store(store)
@@ -286,9 +291,11 @@ def train(
             t0 = time.perf_counter()
             x0 = pre.to_model(data.batch(step, cfg.batch_size, cfg.seed)).to(device)
             torch.manual_seed(step_seed(cfg.seed, step))
-            with amp:
-                loss = training_loss(net, x0, t=sample_t(cfg.t_sampling, len(x0), device))  # eps-MSE
-            # the encoder sees x0, the UNet sees x_t
+            with amp:  # eps-MSE: the encoder sees x0, the UNet sees x_t
+                z = net.encoder(x0)
+                loss = training_loss(net, x0, t=sample_t(cfg.t_sampling, len(x0), device), z_sem=z)
+                if cfg.latent_prior:
+                    loss = loss + cfg.latent_prior * mmd_to_gaussian(z.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip))

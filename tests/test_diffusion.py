@@ -185,3 +185,16 @@ def test_decode_is_per_sample_independent():
     single = torch.cat([D.decode(model, x_T[i : i + 1], z_sem[i : i + 1], steps=4) for i in range(3)])
     assert torch.allclose(batch, single, atol=1e-5)
     assert not torch.allclose(batch[0], batch[1])
+
+
+def test_mmd_prior_prefers_spread_codes_to_a_collapsed_one():
+    from latentstore.diffusion import mmd_to_gaussian
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(64, 128, generator=g)
+    collapsed = torch.randn(64, 1, generator=g) * torch.randn(1, 128, generator=g)  # rank 1, unit scale
+    assert float(mmd_to_gaussian(spread, g)) < 0.5 * float(mmd_to_gaussian(collapsed, g))
+    assert float(mmd_to_gaussian(10 * spread, g)) > float(mmd_to_gaussian(spread, g))
+    z = torch.randn(8, 16, requires_grad=True)
+    mmd_to_gaussian(z).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0

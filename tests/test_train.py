@@ -145,3 +145,14 @@ def test_encoder_lr_scale_sets_the_encoders_learning_rate(tmp_path):
     with safe_open(str(result.run_dir / "checkpoints" / "step_00000001" / "optimizer.safetensors"), "pt") as f:
         groups = json.loads(f.metadata()["json"])["param_groups"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
+
+
+def test_latent_prior_adds_to_the_loss_and_trains(tmp_path):
+    store = make_store(tmp_path / "s", n_scans=4, levels=2)
+    base = dict(steps=2, **{**FAST, "batch_size": 4})
+    plain = train(TrainConfig(**base), store=store, out=tmp_path / "a", progress=False, register=False)
+    prior = train(TrainConfig(**base, latent_prior=1.0), store=store, out=tmp_path / "b", progress=False,
+                  register=False)
+    assert np.isfinite(prior.final_loss) and prior.final_loss > plain.final_loss  # + a positive MMD term
+    with pytest.raises(ValueError, match="latent_prior"):
+        TrainConfig(latent_prior=-1)
