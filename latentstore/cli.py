@@ -172,21 +172,21 @@ def _cell(value) -> str:
 
 @app.command()
 def train(
-    config: Annotated[Optional[str], typer.Option("--config", help="Model config: tiny | small | cpu48 | paper [default: tiny].")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps in total [default: 1000].")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Model config: tiny | small | cpu48 | paper (default: tiny).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps in total (default: 1000).")] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", min=1, help="Images to train on (instead of --steps).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per step [default: 16].")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate [default: 1e-4].")] = None,
-    ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="EMA decay per step [default: 0.999].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per step (default: 16).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate (default: 1e-4).")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option("--ema-decay", help="EMA decay per step (default: 0.999).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", min=1, help="Steps between checkpoints.")] = None,
     preview_every: Annotated[Optional[int], typer.Option("--preview-every", min=0, help="Steps between preview PNGs.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of init, batch order and noise.")] = None,
-    encoder_lr_scale: Annotated[Optional[float], typer.Option("--encoder-lr-scale", help="Encoder learning rate as a multiple of --lr [default: 1].")] = None,
-    t_sampling: Annotated[Optional[str], typer.Option("--t-sampling", help="Training timesteps: uniform (DiffAE) | mid [default: uniform].")] = None,
-    latent_prior: Annotated[Optional[float], typer.Option("--latent-prior", help="Weight of InfoDiffusion's MMD prior on z_sem towards N(0, I) [default: 0, DiffAE's plain loss].")] = None,
+    encoder_lr_scale: Annotated[Optional[float], typer.Option("--encoder-lr-scale", help="Encoder learning rate as a multiple of --lr (default: 1).")] = None,
+    t_sampling: Annotated[Optional[str], typer.Option("--t-sampling", help="Training timesteps: uniform (DiffAE) | mid (default: uniform).")] = None,
+    latent_prior: Annotated[Optional[float], typer.Option("--latent-prior", help="Weight of InfoDiffusion's MMD prior on z_sem towards N(0, I) (default: 0, DiffAE's plain loss).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    run_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder [default: STORE/runs/train-<config>].")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda [default: cuda if available].")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: STORE/runs/train-<config>).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda (default: cuda if available).")] = None,
     store: StoreOpt = DEFAULT_STORE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -225,7 +225,7 @@ def eval_recon(
     n: Annotated[int, typer.Option("--n", min=2, help="Held-out slices to evaluate.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")] = 16,
     lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="Local LPIPS(alex) state dict; no downloads.")] = None,
-    grid: Annotated[Optional[Path], typer.Option("--grid", help="Reconstruction grid PNG [default: eval-recon.png].")] = None,
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Reconstruction grid PNG (default: eval-recon.png).")] = None,
     record: Annotated[bool, typer.Option("--record", help="Write the metrics into the model's card.")] = False,
     store: StoreOpt = DEFAULT_STORE,
     json_out: JsonOpt = False,
@@ -310,7 +310,7 @@ def synth(
     boundary: Annotated[
         bool, typer.Option("--boundary", help="Height losses within 2 % of the 20/25/40 % thresholds (calibration set).")
     ] = False,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes [default: all CPUs].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes (default: all CPUs).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty folder that is not a synth archive.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
