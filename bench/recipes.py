@@ -36,6 +36,8 @@ RECIPES: dict[str, dict] = {
     "cpu48-lr2e-4": dict(config="cpu48", batch_size=32, lr=2e-4, ema_decay=0.999),
     "cpu48-lr1e-3-prior0.1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, latent_prior=0.1),
     "cpu48-lr1e-3-prior1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, latent_prior=1.0),
+    "cpu48-frozen-enc": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0),
+    "small-frozen-enc": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
 

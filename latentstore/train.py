@@ -58,7 +58,8 @@ class TrainConfig:
         preview_steps: DDIM steps for preview reconstructions and samples.
         keep_checkpoints: how many recent checkpoints stay on disk.
         ema_warmup: warm the EMA up as min(decay, (1+s)/(10+s)); the paper's recipe has none.
-        encoder_lr_scale: the semantic encoder's learning rate as a multiple of `lr` (1 = DiffAE).
+        encoder_lr_scale: the semantic encoder's learning rate as a multiple of `lr` (1 = DiffAE); 0 keeps
+            the encoder at its seeded random init and trains the UNet alone to read it ("frozen encoder").
         latent_prior: weight of InfoDiffusion's MMD prior pulling z_sem towards N(0, I)
             (`diffusion.mmd_to_gaussian`); 0 = DiffAE's plain loss.
         t_sampling: how training timesteps are drawn: `uniform` (DiffAE) or `mid` (a Beta(2, 2) over
@@ -94,8 +95,8 @@ class TrainConfig:
             raise ValueError(f"t_sampling must be one of {', '.join(T_SAMPLING)}, got {self.t_sampling!r}")
         if self.latent_prior < 0:
             raise ValueError(f"latent_prior must be >= 0, got {self.latent_prior}")
-        if not self.encoder_lr_scale > 0:
-            raise ValueError(f"encoder_lr_scale must be > 0, got {self.encoder_lr_scale}")
+        if not self.encoder_lr_scale >= 0:
+            raise ValueError(f"encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
@@ -254,6 +255,8 @@ def train(
     torch.manual_seed(cfg.seed)  # the init is part of the run, so it is seeded too
     net = DiffusionAutoencoder(model_config).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    if cfg.encoder_lr_scale == 0:
+        net.encoder.requires_grad_(False)  # no encoder backward pass at all
     opt = torch.optim.Adam([{"params": net.encoder.parameters(), "lr": cfg.lr * cfg.encoder_lr_scale},
                             {"params": net.unet.parameters(), "lr": cfg.lr}])
     log = run / "log.jsonl"

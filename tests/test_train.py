@@ -127,7 +127,7 @@ def test_paper_config_defaults_to_table5_and_recipe_knobs_are_checked():
     with pytest.raises(ValueError, match="t_sampling"):
         TrainConfig(t_sampling="late")
     with pytest.raises(ValueError, match="encoder_lr_scale"):
-        TrainConfig(encoder_lr_scale=0)
+        TrainConfig(encoder_lr_scale=-1)
     torch.manual_seed(0)
     mid = sample_t("mid", 20000, "cpu").float()
     torch.manual_seed(0)
@@ -156,3 +156,15 @@ def test_latent_prior_adds_to_the_loss_and_trains(tmp_path):
     assert np.isfinite(prior.final_loss) and prior.final_loss > plain.final_loss  # + a positive MMD term
     with pytest.raises(ValueError, match="latent_prior"):
         TrainConfig(latent_prior=-1)
+
+
+def test_encoder_lr_scale_zero_freezes_the_encoder_at_its_init(tmp_path):
+    store = make_store(tmp_path / "s", n_scans=4, levels=2)
+    result = train(TrainConfig(steps=2, **{**FAST, "batch_size": 4, "encoder_lr_scale": 0.0}), store=store,
+                   out=tmp_path / "r", progress=False)
+    torch.manual_seed(FAST.get("seed", 0))
+    init = DiffusionAutoencoder(ModelConfig.named("tiny"))
+    trained = ckpt.load_model(result.model_id, store=store).net
+    for a, b in zip(init.encoder.state_dict().values(), trained.encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(init.unet.state_dict().values(), trained.unet.state_dict().values()))
