@@ -38,6 +38,7 @@ RECIPES: dict[str, dict] = {
     "cpu48-lr1e-3-prior1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, latent_prior=1.0),
     "cpu48-frozen-enc": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0),
     "small-frozen-enc": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0),
+    "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
 
@@ -101,7 +102,7 @@ def run_recipe(name: str, args, data) -> list[dict]:
         cfg = TrainConfig(**over, steps=steps, checkpoint_every=steps, preview_every=0, keep_checkpoints=1)
         t0 = time.process_time()
         result = train(cfg, store=str(args.train_store), out=folder / "run", resume=True, progress=False,
-                       register=False, device="cpu")
+                       register=False, device=args.device)
         last = latest_checkpoint(folder / "run")
         net = DiffusionAutoencoder(model_config)
         net.load_state_dict(ckpt.load_tensors(last / "ema.safetensors"))
@@ -152,6 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=8000, help="images to train each recipe on")
     ap.add_argument("--every", type=int, default=2000, help="images between probe points")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (training; the probe encodes on the CPU)")
     args = ap.parse_args(argv)
     unknown = [r for r in args.recipes if r not in RECIPES]
     if unknown:
