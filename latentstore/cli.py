@@ -218,6 +218,29 @@ eval_app = typer.Typer(cls=_Group, help="Evaluate a model on the store (the pape
 app.add_typer(eval_app, name="eval")
 
 
+def _eval_output(result: dict, card_key: str, model, store, record: bool, json_out: bool, rows: list[list[str]],
+                 title: str) -> bool:
+    """Record an eval result in the model's card (`--record`), then print it as JSON (returns True) or as a
+    table (returns False: the caller may add lines under it)."""
+    import json
+
+    from rich.table import Table
+
+    if record:
+        from .checkpoint import resolve_model_dir, update_card
+
+        update_card(resolve_model_dir(model, store), **{card_key: {k: v for k, v in result.items() if k != "grid"}})
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return True
+    header, *body = rows
+    table = Table(*header, title=title)
+    for row in body:
+        table.add_row(*row)
+    out.print(table)
+    return False
+
+
 @eval_app.command("recon")
 def eval_recon(
     model: Annotated[Optional[str], typer.Option("--model", help="Model id, model folder, or the shipped default.")] = None,
@@ -231,26 +254,14 @@ def eval_recon(
     json_out: JsonOpt = False,
 ) -> None:
     """Reconstruction (MSE, PSNR, SSIM, LPIPS with local weights) and generation (FD, MMD) on held-out slices."""
-    from rich.table import Table
-
     from .evaluate import eval_recon as run_eval
-    from .evaluate import table1, to_json
+    from .evaluate import table1
 
     result = run_eval(model, store, steps=steps, n=n, batch_size=batch_size, lpips_weights=lpips_weights,
                       grid=grid or "eval-recon.png")
-    if record:
-        from .checkpoint import resolve_model_dir, update_card
-
-        update_card(resolve_model_dir(model, store), metrics={k: v for k, v in result.items() if k != "grid"})
-    if json_out:
-        print(to_json(result))
+    title = f"eval recon: model {result['model_id']}, {result['n']} held-out slices, DDIM {steps} steps; images on [0, 1]"
+    if _eval_output(result, "metrics", model, store, record, json_out, table1(result), title):
         return
-    header, *rows = table1(result)
-    table = Table(*header, title=f"eval recon: model {result['model_id']}, {result['n']} held-out slices, "
-                  f"DDIM {steps} steps; images on [0, 1]")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
     out.print(f"LPIPS: {result['lpips_note']}. {result['generation']['features']}.", highlight=False)
     out.print(f"grid: {result['grid']}", highlight=False)
 
@@ -266,27 +277,14 @@ def eval_probe(
     json_out: JsonOpt = False,
 ) -> None:
     """Linear probes of fracture detection (G0 vs G2/G3), height loss and level on z_sem, against baselines."""
-    import json
-
-    from rich.table import Table
-
     from .probe import eval_probe as run_probe
     from .probe import probe_table
 
     result = run_probe(model, store, labels, seeds=tuple(range(seeds)), k=folds)
-    if record:
-        from .checkpoint import resolve_model_dir, update_card
-
-        update_card(resolve_model_dir(model, store), probe=result)
-    if json_out:
-        print(json.dumps(result, indent=2))
+    title = (f"eval probe: model {result['model_id']}, {result['n_detection']} G0/G2/G3 slices "
+             f"({result['n_fractured']} G2/G3) of {result['n_patients']} patients, {folds}-fold x {seeds} seeds")
+    if _eval_output(result, "probe", model, store, record, json_out, probe_table(result), title):
         return
-    header, *rows = probe_table(result)
-    table = Table(*header, title=f"eval probe: model {result['model_id']}, {result['n_detection']} G0/G2/G3 slices "
-                  f"({result['n_fractured']} G2/G3) of {result['n_patients']} patients, {folds}-fold x {seeds} seeds")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
     d = result["diagnostics"]["zsem"]
     out.print(f"z_sem: effective rank {d['effective_rank']:.1f}, top PC {d['top_pc_share']:.0%} of variance "
               f"(R^2 vs mean intensity {d['top_pc_r2_mean_intensity']:.2f}); z usage: eps-MSE own z "

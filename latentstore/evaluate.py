@@ -225,6 +225,3 @@ def table1(result: dict) -> list[list[str]]:
                      f"{gen['fd_zsem']:.3g}" if name == "inv" else "", f"{gen['fd_pix8']:.3g}" if name == "inv" else ""])
     return rows
 
-
-def to_json(result: dict) -> str:
-    return json.dumps(result, indent=2)
