@@ -184,6 +184,7 @@ def train(
     encoder_lr_scale: Annotated[Optional[float], typer.Option("--encoder-lr-scale", help="Encoder learning rate as a multiple of --lr (default: 1).")] = None,
     t_sampling: Annotated[Optional[str], typer.Option("--t-sampling", help="Training timesteps: uniform (DiffAE) | mid (default: uniform).")] = None,
     latent_prior: Annotated[Optional[float], typer.Option("--latent-prior", help="Weight of InfoDiffusion's MMD prior on z_sem towards N(0, I) (default: 0, DiffAE's plain loss).")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start from a registered model's weights (id or folder) instead of the seeded init.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
     run_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: STORE/runs/train-<config>).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu | cuda (default: cuda if available).")] = None,
@@ -202,7 +203,7 @@ def train(
     result = run_from_cli(
         dict(config=config, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
              checkpoint_every=checkpoint_every, preview_every=preview_every, encoder_lr_scale=encoder_lr_scale,
-             t_sampling=t_sampling, latent_prior=latent_prior),
+             t_sampling=t_sampling, latent_prior=latent_prior, init_from=init_from),
         steps=steps, samples=samples, store=store, out=run_dir, resume=resume, device=device, progress=not json_out,
     )
     summary = {"model_id": result.model_id, "model_dir": str(result.model_dir), "run_dir": str(result.run_dir),

@@ -60,6 +60,8 @@ class TrainConfig:
         ema_warmup: warm the EMA up as min(decay, (1+s)/(10+s)); the paper's recipe has none.
         encoder_lr_scale: the semantic encoder's learning rate as a multiple of `lr` (1 = DiffAE); 0 keeps
             the encoder at its seeded random init and trains the UNet alone to read it ("frozen encoder").
+        init_from: a registered model (id or folder) whose weights start the run instead of the seeded
+            init, e.g. stage 2 after a frozen-encoder stage 1; the optimizer starts fresh. "" = none.
         latent_prior: weight of InfoDiffusion's MMD prior pulling z_sem towards N(0, I)
             (`diffusion.mmd_to_gaussian`); 0 = DiffAE's plain loss.
         t_sampling: how training timesteps are drawn: `uniform` (DiffAE) or `mid` (a Beta(2, 2) over
@@ -84,6 +86,7 @@ class TrainConfig:
     encoder_lr_scale: float = 1.0
     t_sampling: str = "uniform"
     latent_prior: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "preview_steps", "keep_checkpoints"):
@@ -254,6 +257,11 @@ def train(
 
     torch.manual_seed(cfg.seed)  # the init is part of the run, so it is seeded too
     net = DiffusionAutoencoder(model_config).to(device)
+    if cfg.init_from:
+        start_model = ckpt.load_model(cfg.init_from, store)
+        if start_model.model_config != model_config:
+            raise InputError(f"--init-from {cfg.init_from}: its model config differs from --config {cfg.config}")
+        net.load_state_dict(start_model.net.state_dict())
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if cfg.encoder_lr_scale == 0:
         net.encoder.requires_grad_(False)  # no encoder backward pass at all

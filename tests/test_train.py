@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from latentstore import checkpoint as ckpt
 from latentstore.cli import app
+from latentstore.errors import InputError
 from latentstore.evaluate import generate, reconstruct
 from latentstore.model import DiffusionAutoencoder, ModelConfig
 from latentstore.slicedata import read_slices
@@ -168,3 +169,20 @@ def test_encoder_lr_scale_zero_freezes_the_encoder_at_its_init(tmp_path):
     for a, b in zip(init.encoder.state_dict().values(), trained.encoder.state_dict().values()):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(init.unet.state_dict().values(), trained.unet.state_dict().values()))
+
+
+def test_init_from_starts_a_run_from_a_registered_model(tmp_path):
+    store = make_store(tmp_path / "s", n_scans=4, levels=2)
+    first = train(TrainConfig(steps=2, **{**FAST, "batch_size": 4, "encoder_lr_scale": 0.0}), store=store,
+                  out=tmp_path / "a", progress=False)
+    second = train(TrainConfig(steps=1, **{**FAST, "batch_size": 4, "lr": 1e-12, "init_from": first.model_id}),
+                   store=store, out=tmp_path / "b", progress=False)
+    a, b = ckpt.load_model(first.model_id, store=store).net, ckpt.load_model(second.model_id, store=store).net
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6)  # one step at lr 1e-12 from the first model's weights
+    other = ckpt.register_model(str(store), DiffusionAutoencoder(ModelConfig(**{**ModelConfig.named("tiny").__dict__,
+                                "z_dim": 16})).state_dict(), ModelConfig(**{**ModelConfig.named("tiny").__dict__, "z_dim": 16}),
+                                ckpt.load_model(first.model_id, store=store).preprocess)
+    with pytest.raises(InputError, match="init-from"):
+        train(TrainConfig(steps=1, **{**FAST, "batch_size": 4, "init_from": str(other)}), store=store,
+              out=tmp_path / "c", progress=False)
