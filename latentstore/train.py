@@ -274,7 +274,8 @@ def train(
     if resume and last is not None:
         saved = json.loads((run / "train_config.json").read_text())
         mismatch = {k for k in header if k not in ("train", "store") and saved.get(k) != header[k]}
-        mismatch |= {k for k, v in asdict(cfg).items() if k not in _COSMETIC and saved["train"].get(k) != v}
+        before = asdict(TrainConfig.from_dict(saved["train"]))  # fields added since the run started take defaults
+        mismatch |= {k for k, v in asdict(cfg).items() if k not in _COSMETIC and before[k] != v}
         if mismatch:
             raise InputError(f"--resume: {run} was trained with different {sorted(mismatch)}; use a new --out")
         net.load_state_dict(ckpt.load_tensors(last / "model.safetensors"))

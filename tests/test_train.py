@@ -186,3 +186,17 @@ def test_init_from_starts_a_run_from_a_registered_model(tmp_path):
     with pytest.raises(InputError, match="init-from"):
         train(TrainConfig(steps=1, **{**FAST, "batch_size": 4, "init_from": str(other)}), store=store,
               out=tmp_path / "c", progress=False)
+
+
+def test_a_run_started_before_a_field_existed_still_resumes(tmp_path):
+    store = make_store(tmp_path / "s", n_scans=4, levels=2)
+    cfg = TrainConfig(steps=1, **{**FAST, "batch_size": 2})
+    train(cfg, store=store, out=tmp_path / "r", progress=False, register=False)
+    path = tmp_path / "r" / "train_config.json"
+    header = json.loads(path.read_text())
+    for newer in ("init_from", "latent_prior", "t_sampling"):
+        del header["train"][newer]
+    path.write_text(json.dumps(header))
+    again = train(TrainConfig(**{**cfg.__dict__, "steps": 2}), store=store, out=tmp_path / "r", resume=True,
+                  progress=False, register=False)
+    assert again.step == 2
