@@ -38,6 +38,10 @@ RECIPES: dict[str, dict] = {
     "cpu48-lr1e-3-prior1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, latent_prior=1.0),
     "cpu48-frozen-enc": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0),
     "small-frozen-enc": dict(config="small", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0),
+    # stage 2 after the frozen-encoder default (a model id registered in --train-store): the encoder learns
+    # against a decoder that already reads z_sem
+    "cpu48-stage2-enc0.1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                                init_from="d5d48b315b732aeb"),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
@@ -90,9 +94,11 @@ def run_recipe(name: str, args, data) -> list[dict]:
     model_config = ModelConfig.named(over["config"])
     pre = Preprocess(image_size=model_config.image_size)
     targets = list(range(args.every, args.images + 1, args.every))
-    if not curve:  # the starting point, the same init every recipe of this config shares
+    if not curve:  # the starting point: the seeded init every recipe of this config shares, or init_from
         torch.manual_seed(0)
         net0 = DiffusionAutoencoder(model_config)
+        if over.get("init_from"):
+            net0 = ckpt.load_model(over["init_from"], str(args.train_store)).net
         curve.append({"recipe": name, "images_seen": 0, "cpu_minutes": 0.0, **probe_point(net0, pre, data)})
         curve_path.write_text(json.dumps(curve[0]) + "\n")
     for images in targets:
