@@ -44,7 +44,6 @@ from .levels import level_label
 # for the same margin; beyond these the probes only overfit 512 standardised dimensions).
 C_GRID = {"logistic": (0.001, 0.01, 0.1, 1.0), "svm": (0.0001, 0.001, 0.01, 0.1)}
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
-FEATURE_SETS = ("zsem", "untrained", "pix8")
 
 
 # ------------------------------------------------------------------------------------------------- labels

@@ -152,9 +152,20 @@ def data_hash(slices: SliceArrays) -> str:
 # ------------------------------------------------------------------------------------------ training stream
 
 
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Slice indices of the batch at `step`: epochs are seeded permutations, consumed in order."""
+    pos = np.arange(step * batch_size, (step + 1) * batch_size)
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        sel = pos // n == epoch
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
 class InMemorySlices:
     """Batches from slices already in memory (tests, or callers holding the data): an epoch is a seeded
-    permutation of all slices, consumed in order (`train.batch_indices`)."""
+    permutation of all slices, consumed in order (`batch_indices`)."""
 
     def __init__(self, slices: SliceArrays):
         self.slices = slices
@@ -164,8 +175,6 @@ class InMemorySlices:
         return len(self.slices)
 
     def batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
-        from .train import batch_indices
-
         return self.slices.images[batch_indices(len(self.slices), batch_size, seed, step)]
 
     def fixed(self, k: int) -> np.ndarray:
@@ -229,6 +238,12 @@ class SliceStream:
         with self.store.fs.open_input_file(path) as f:
             return pq.read_table(f, columns=columns)
 
+    def _part_images(self, p: int) -> np.ndarray:
+        """(n, 96, 96) int16 HU: the split's rows of part file `p`."""
+        col = self._read(self.parts[p], ["image"]).column("image").combine_chunks()
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
+        return flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]]
+
     def _windows(self, epoch: int, seed: int) -> list[list[int]]:
         if self._win_key == (epoch, seed):
             return self._win
@@ -248,12 +263,7 @@ class SliceStream:
     def _window_images(self, epoch: int, w: int, parts: list[int], seed: int) -> np.ndarray:
         key = (seed, epoch, w)
         if key not in self._cache:
-            imgs = []
-            for p in parts:
-                col = self._read(self.parts[p], ["image"]).column("image").combine_chunks()
-                flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
-                imgs.append(flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]])
-            block = np.concatenate(imgs)
+            block = np.concatenate([self._part_images(p) for p in parts])
             self._cache = {key: block[np.random.default_rng([seed, epoch, w + 1]).permutation(len(block))]}
             # (one window held; a batch spanning two windows reads the first again only at a boundary)
         return self._cache[key]
@@ -279,9 +289,7 @@ class SliceStream:
         """k slices from the first part files in store order (previews)."""
         imgs, have = [], 0
         for p in range(len(self.parts)):
-            col = self._read(self.parts[p], ["image"]).column("image").combine_chunks()
-            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
-            imgs.append(flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]])
+            imgs.append(self._part_images(p))
             have += len(self.rows[p])
             if have >= k:
                 break

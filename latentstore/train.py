@@ -33,7 +33,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import InputError
-from .slicedata import InMemorySlices, Preprocess, SliceArrays, SliceStream
+from .slicedata import InMemorySlices, Preprocess, SliceArrays, SliceStream, batch_indices  # noqa: F401 (API)
 from .store import Store, resolve_store
 
 
@@ -137,17 +137,6 @@ class TrainResult:
 
 
 # -------------------------------------------------------------------------------------- deterministic draws
-
-
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Slice indices of the batch at `step`: epochs are seeded permutations, consumed in order."""
-    pos = np.arange(step * batch_size, (step + 1) * batch_size)
-    out = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(pos // n):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
-        sel = pos // n == epoch
-        out[sel] = perm[pos[sel] % n]
-    return out
 
 
 def sample_t(kind: str, n: int, device, num_timesteps: int = 1000) -> torch.Tensor:
