@@ -208,7 +208,7 @@ def ingest_run(archive: Path, store: Path, workers: int) -> dict:
     sampler.start()
     t = time.perf_counter()
     try:
-        summary = ingest(archive, store, workers=workers, progress=False)
+        summary = ingest(store, archive, workers=workers, progress=False)
         seconds = time.perf_counter() - t
     finally:
         memory = sampler.stop()

@@ -107,7 +107,7 @@ def run_recipe(name: str, args, data) -> list[dict]:
         steps = -(-images // batch)
         cfg = TrainConfig(**over, steps=steps, checkpoint_every=steps, preview_every=0, keep_checkpoints=1)
         t0 = time.process_time()
-        result = train(cfg, store=str(args.train_store), out=folder / "run", resume=True, progress=False,
+        result = train(str, cfg(args.train_store), out=folder / "run", resume=True, progress=False,
                        register=False, device=args.device)
         last = latest_checkpoint(folder / "run")
         net = DiffusionAutoencoder(model_config)

@@ -5,8 +5,9 @@ holds the file lock `catalog.lock` for the few milliseconds of one transaction a
 database again; long runs (ingest) open it briefly per batch of records instead of holding it.
 Readers use `reader()`, which opens the file read-only, so a query can never change data.
 
-Tables come from the DDL files in `schemas/` (`runs.sql`, `errors.sql`). The view `slices` reads the
-published part files `slices/*.parquet` (never `slices/_staging/`); it is refreshed by every writer.
+Tables come from the DDL files in `schemas/` (`runs.sql`, `errors.sql`). Each Parquet dataset of the store
+(`store.DATASETS`: `slices`, `latents`) has a view over its published part files (never `_staging/`);
+views are refreshed by every writer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Iterable, Iterator
 
 from .errors import StoreError
 from .schema import ddl
-from .store import SLICES, Store
+from .store import DATASETS, Store
 
 CATALOG = "catalog.duckdb"
 TABLES = ("runs", "errors")
@@ -122,21 +123,42 @@ def _ensure_tables(con) -> None:
 
 
 def _refresh_views(con, store: Store) -> None:
-    # A glob that matches nothing makes every query on the view fail, so an empty store gets an empty
-    # view with the same columns and types as the DDL; the first writer after a publish swaps in the glob.
-    # Listing a big `slices/` on every write would be slow, so a view that already globs this store's
-    # folder is left alone (it also follows the store when the folder was moved).
-    glob = store.path(SLICES, "*.parquet").replace("'", "''")
-    body = f"SELECT * FROM read_parquet('{glob}')"
-    current = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'slices'").fetchone()
-    if current and glob in current[0]:
-        return
-    if not store.published_parts():
-        body = _empty_select("slices")
-    con.execute(f"CREATE OR REPLACE VIEW slices AS {body}")
+    """One view per Parquet dataset of the store (`DATASETS`): `slices`, and `latents` with its Hive
+    partition column `model_id`.
+
+    A glob that matches nothing makes every query on the view fail, so a dataset without parts gets an
+    empty view with the same columns and types as the DDL; the first writer after a publish swaps in the
+    glob. Listing a big dataset on every write would be slow, so a view that already globs this store's
+    folder is left alone (it also follows the store when the folder was moved).
+    """
+    for name, spec in DATASETS.items():
+        view = dataset_view_sql(store, name)
+        current = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
+        if current and view in current[0]:
+            continue
+        if not _has_parts(store, name):
+            view = _empty_select(name, spec.partition)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {view}")
 
 
-def _empty_select(table: str) -> str:
+def dataset_view_sql(store: Store, name: str) -> str:
+    """The `SELECT` a dataset's view runs: `read_parquet` over its published parts (never `_staging/`)."""
+    spec = DATASETS[name]
+    if spec.partition:
+        glob = store.path(name, "*", "*.parquet").replace("'", "''")
+        return (f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true, "
+                f"hive_types = {{'{spec.partition}': VARCHAR}})")
+    glob = store.path(name, "*.parquet").replace("'", "''")
+    return f"SELECT * FROM read_parquet('{glob}')"
+
+
+def _has_parts(store: Store, name: str) -> bool:
+    if DATASETS[name].partition:
+        return any(store.dataset(name, model_id=m).parts() for m in store.latent_models())
+    return bool(store.dataset(name).parts())
+
+
+def _empty_select(table: str, partition: str | None = None) -> str:
     import duckdb
 
     scratch = duckdb.connect(":memory:")
@@ -148,6 +170,8 @@ def _empty_select(table: str) -> str:
         ).fetchall()
     finally:
         scratch.close()
+    if partition:
+        columns.append((partition, "VARCHAR"))
     cols = ", ".join(f'CAST(NULL AS {dtype}) AS "{name}"' for name, dtype in columns)
     return f"SELECT {cols} WHERE false"
 

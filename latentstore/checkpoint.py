@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import InputError, StoreError
 from .slicedata import Preprocess
-from .store import resolve_store
+from .store import connect
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -152,12 +152,9 @@ def save_model(
     return model_id
 
 
-def register_model(store: str | None, state: dict[str, torch.Tensor], model_config, preprocess, card=None) -> Path:
+def register_model(store, state: dict[str, torch.Tensor], model_config, preprocess, card=None) -> Path:
     """Save a model into `STORE/models/<model_id>/` (staged in a temp folder, published by rename)."""
-    root = resolve_store(store)
-    if "://" in root:
-        raise StoreError(f"registering models in an object store is not supported yet: {root}")
-    models = Path(root) / "models"
+    models = connect(store).models.dir  # StoreError for object-store URIs: models need a local folder
     models.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="_staging-", dir=models))
     try:
@@ -192,24 +189,33 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("latentstore") / "default_model"))
 
 
-def resolve_model_dir(model: str | os.PathLike | None = None, store: str | None = None) -> Path:
-    """A model folder from a model id (looked up in `STORE/models/`), a folder path, or None = default."""
+def default_model_id() -> str:
+    """The id of the model shipped with the package."""
+    return json.loads((default_model_dir() / CARD_JSON).read_text())["model_id"]
+
+
+def resolve_model_dir(model: str | os.PathLike | None = None, store=None) -> Path:
+    """A model folder from a model id (looked up in `STORE/models/`, then the shipped default's id), a folder
+    path, or None = the shipped default."""
     if model is None or str(model) in ("", "default"):
         path = default_model_dir()
     elif Path(model).is_dir():
         path = Path(model)
     else:
-        root = resolve_store(store)
-        path = Path(root) / "models" / str(model)
-        if not path.is_dir():
-            raise StoreError(f"no model {model!r}: not a folder and not in {Path(root) / 'models'}")
+        st = connect(store)
+        path = st.models.path(str(model)) if st.local else None
+        if path is None or not path.is_dir():
+            if str(model) != default_model_id():
+                where = st.models.dir if st.local else st.root
+                raise StoreError(f"no model {model!r}: not a folder and not in {where}")
+            path = default_model_dir()
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise StoreError(f"{path} is not a model folder (needs {WEIGHTS} and {CONFIG})")
     return path
 
 
 def load_model(
-    model: str | os.PathLike | None = None, store: str | None = None, device: str | torch.device = "cpu"
+    model: str | os.PathLike | None = None, store=None, device: str | torch.device = "cpu"
 ) -> LoadedModel:
     """Load a DAE by model id, folder path, or None for the default model shipped with the package.
 
@@ -237,6 +243,26 @@ def load_model(
         card=card,
         path=path,
     )
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """A model's id, folder and preprocessing, read from its config.json without loading the weights."""
+
+    model_id: str
+    path: Path
+    preprocess: Preprocess
+    config: dict
+
+
+def load_model_meta(model: str | os.PathLike | None = None, store=None) -> ModelMeta:
+    """What a driver needs to know of a model (its actors load the weights): id, folder, preprocessing."""
+    path = resolve_model_dir(model, store)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        return ModelMeta(config["model_id"], path, Preprocess(**config["preprocess"]), config)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{path} is not a loadable model ({type(e).__name__}: {e})") from None
 
 
 def render_card(card: dict) -> str:

@@ -348,3 +348,20 @@ def decode(
             eps = model(x, torch.full((x.shape[0],), ts[i], device=x.device), z_sem)
             x, _ = ddim_step(schedule, x, eps, ts[i], t_prev, clip=clip)
     return x
+
+
+# ------------------------------------------------------------------- programmes over encode/decode
+
+
+def reconstruct(net, x0: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, 1, S, S) in [-1, 1] -> its DDIM inversion + decode with `steps` steps each ("inv" programme)."""
+    z = encode(net, x0)
+    return decode(net, encode_stochastic(net, x0, z, steps=steps), z, steps=steps)
+
+
+def decode_random(net, x_for_z: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+    """Render z_sem of `x_for_z` from a seeded random x_T ("recon" programme when x_for_z is the input)."""
+    z = encode(net, x_for_z)
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(x_for_z.shape, generator=g).to(x_for_z.device)
+    return decode(net, x_t, z, steps=steps)

@@ -24,51 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-
-
-# ------------------------------------------------------------------------------------------ DAE programmes
-
-
-def reconstruct(net, x0: torch.Tensor, steps: int) -> torch.Tensor:
-    """(B, 1, S, S) in [-1, 1] -> its DDIM inversion + decode with `steps` steps each ("inv" programme)."""
-    from .diffusion import decode, encode, encode_stochastic
-
-    z = encode(net, x0)
-    return decode(net, encode_stochastic(net, x0, z, steps=steps), z, steps=steps)
-
-
-def generate(net, x_for_z: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
-    """Render z_sem of `x_for_z` from a seeded random x_T ("recon" programme when x_for_z is the input)."""
-    from .diffusion import decode, encode
-
-    z = encode(net, x_for_z)
-    g = torch.Generator().manual_seed(seed)
-    x_t = torch.randn(x_for_z.shape, generator=g).to(x_for_z.device)
-    return decode(net, x_t, z, steps=steps)
-
-
-def save_grid(rows: list[torch.Tensor], path: str | Path, labels: list[str] | None = None, min_px: int = 96) -> Path:
-    """Rows of (B, 1, S, S) images in [-1, 1] as one greyscale PNG, upscaled to at least `min_px` per tile."""
-    from PIL import Image, ImageDraw
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tiles = torch.cat([r.detach().float().cpu().clamp(-1, 1) for r in rows])  # (R*B, 1, S, S)
-    scale = max(1, -(-min_px // tiles.shape[-1]))
-    tiles = F.interpolate(tiles, scale_factor=scale, mode="nearest")
-    n_rows, n_cols, s = len(rows), rows[0].shape[0], tiles.shape[-1]
-    label_h = 12 if labels else 0
-    canvas = Image.new("L", (n_cols * (s + 2), n_rows * (s + 2 + label_h)), color=0)
-    draw = ImageDraw.Draw(canvas)
-    pixels = ((tiles[:, 0] + 1) * 127.5).round().to(torch.uint8).numpy()
-    for i, img in enumerate(pixels):
-        r, c = divmod(i, n_cols)
-        y = r * (s + 2 + label_h)
-        canvas.paste(Image.fromarray(img), (c * (s + 2), y + label_h))
-        if labels and c == 0:
-            draw.text((2, y), labels[r], fill=255)
-    canvas.save(path)
-    return path
+from .pictures import picture_path
+from .progress import Bar
+from .result import Report
+from .store import connect
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -131,8 +90,8 @@ def lpips_fn(weights: str | Path | None):
 
 
 def eval_recon(
+    store,
     model: str | None = None,
-    store: str | None = None,
     steps: int = 20,
     n: int = 64,
     batch_size: int = 16,
@@ -140,15 +99,22 @@ def eval_recon(
     grid: str | Path | None = None,
     seed: int = 0,
     device: str | None = None,
-) -> dict:
-    """Table-1 metrics of a model on `n` held-out slices of the store; writes a reconstruction grid PNG.
+    record: bool = False,
+    progress: bool = False,
+) -> Report:
+    """Table-1 metrics of a model on `n` held-out slices of the store; writes a reconstruction grid PNG
+    (`grid`, default `STORE/pictures/eval-recon-<model_id>.png`); `record` writes the metrics into the card.
 
     The held-out scans are those the model's training run held out (its card's `holdout_fraction`).
     """
     from .checkpoint import load_model
-    from .diffusion import encode
+    from .diffusion import decode_random, encode, reconstruct
+    from .pictures import save_grid
     from .slicedata import read_slices
 
+    store = connect(store)
+    if grid is not None:
+        picture_path(store, "", grid)  # a bad --grid fails before minutes of sampling
     if n < 2 or steps < 1:
         raise InputError(f"need --n >= 2 and --steps >= 1 (got n={n}, steps={steps})")
     t0 = time.perf_counter()
@@ -165,17 +131,18 @@ def eval_recon(
     z_from = x_all.roll(1, dims=0)  # generation: z_sem of another held-out slice
 
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("inv", "recon", "gen", "z_real", "z_gen", "lp")}
-    with torch.no_grad():
+    with torch.no_grad(), Bar("eval recon", len(x_all), "slices", enabled=progress) as bar:
         for i in range(0, len(x_all), batch_size):
             x0 = x_all[i : i + batch_size].to(device)
             out["inv"].append(reconstruct(lm.net, x0, steps).cpu())
-            out["recon"].append(generate(lm.net, x0, steps, seed=seed + i).cpu())
-            gen = generate(lm.net, z_from[i : i + batch_size].to(device), steps, seed=seed + 10**6 + i)
+            out["recon"].append(decode_random(lm.net, x0, steps, seed=seed + i).cpu())
+            gen = decode_random(lm.net, z_from[i : i + batch_size].to(device), steps, seed=seed + 10**6 + i)
             out["gen"].append(gen.cpu())
             out["z_real"].append(encode(lm.net, x0).float().cpu())
             out["z_gen"].append(encode(lm.net, gen).float().cpu())
             if score_lpips:
                 out["lp"].append(score_lpips(x0.cpu(), out["inv"][-1]))
+            bar.advance(len(x0))
     cat = {k: torch.cat(v) for k, v in out.items() if v}
     unit = lambda t: (t.float().clamp(-1, 1) + 1) / 2  # noqa: E731  metrics on [0, 1] like DiffAE
     real01 = unit(x_all)
@@ -200,13 +167,20 @@ def eval_recon(
             "features": "FD/MMD on the model's own z_sem and on 8x8 pooled pixels; not Inception-FID",
         },
     }
-    if grid is not None:
-        k = min(8, len(x_all))
-        labels = ["held-out input", f"inv{steps}: z_sem + inverted x_T", f"recon{steps}: z_sem + random x_T",
-                  "generated: z_sem of another slice"]
-        result["grid"] = str(save_grid([x_all[:k], cat["inv"][:k], cat["recon"][:k], cat["gen"][:k]], grid, labels))
+    k = min(8, len(x_all))
+    labels = ["held-out input", f"inv{steps}: z_sem + inverted x_T", f"recon{steps}: z_sem + random x_T",
+              "generated: z_sem of another slice"]
+    path = picture_path(store, f"eval-recon-{lm.model_id}", grid)
+    result["grid"] = str(save_grid([x_all[:k], cat["inv"][:k], cat["recon"][:k], cat["gen"][:k]], path, labels))
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    return result
+    if record:
+        from .checkpoint import update_card
+
+        update_card(lm.path, metrics={key: v for key, v in result.items() if key != "grid"})
+    title = (f"eval recon: model {result['model_id']}, {result['n']} held-out slices, DDIM {steps} steps; "
+             "images on [0, 1]")
+    notes = [f"LPIPS: {result['lpips_note']}. {result['generation']['features']}.", f"grid: {result['grid']}"]
+    return Report(title, table1(result), result, notes)
 
 
 def table1(result: dict) -> list[list[str]]:

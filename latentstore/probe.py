@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .result import Report
 from .errors import InputError, StoreError
 from .levels import level_label
 
@@ -300,9 +301,10 @@ def run_probes(features: dict[str, np.ndarray], data: ProbeData, seeds=(0, 1, 2)
 # ---------------------------------------------------------------------------------------------- eval probe
 
 
-def eval_probe(model: str | None = None, store=None, labels: str | Path | None = None, seeds=(0, 1, 2),
-               k: int = 5, device: str | None = None) -> dict:
-    """The probe table of a model (id, folder, or None = the shipped default) on the store's labelled slices."""
+def eval_probe(store, model: str | None = None, labels: str | Path | None = None, seeds=(0, 1, 2),
+               k: int = 5, device: str | None = None, record: bool = False) -> Report:
+    """The probe table of a model (id, folder, or None = the shipped default) on the store's labelled slices;
+    `record` writes it into the model's card."""
     from .checkpoint import load_model
     from .model import DiffusionAutoencoder
 
@@ -334,7 +336,17 @@ def eval_probe(model: str | None = None, store=None, labels: str | Path | None =
                      "untrained": zsem_diagnostics(feats["untrained"], mean_int)},
         seconds=round(time.perf_counter() - t0, 1),
     )
-    return result
+    if record:
+        from .checkpoint import update_card
+
+        update_card(lm.path, probe=result)
+    title = (f"eval probe: model {result['model_id']}, {result['n_detection']} G0/G2/G3 slices "
+             f"({result['n_fractured']} G2/G3) of {result['n_patients']} patients, {k}-fold x {len(seeds)} seeds")
+    d = result["diagnostics"]["zsem"]
+    note = (f"z_sem: effective rank {d['effective_rank']:.1f}, top PC {d['top_pc_share']:.0%} of variance "
+            f"(R^2 vs mean intensity {d['top_pc_r2_mean_intensity']:.2f}); z usage: eps-MSE own z "
+            f"{d['mse_own_z']:.4f} vs shuffled {d['mse_shuffled_z']:.4f} (x{d['ratio']:.3f}); {result['seconds']:.0f} s")
+    return Report(title, probe_table(result), result, [note])
 
 
 FEATURE_TITLES = {"zsem": "z_sem (model)", "untrained": "z_sem (same net, untrained)", "pix8": "8x8 pooled pixels"}

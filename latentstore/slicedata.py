@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import StoreError
-from .store import resolve_store
+from .pictures import WINDOW_HU
+from .store import Store, connect
 
 SLICE_PX = 96  # stored slices are 96x96 pixels of 1 mm
 Split = Literal["train", "holdout", "all"]
@@ -39,8 +40,8 @@ class Preprocess:
             (the tiny test config runs at 32).
     """
 
-    hu_min: float = -500.0
-    hu_max: float = 1300.0
+    hu_min: float = WINDOW_HU[0]
+    hu_max: float = WINDOW_HU[1]
     image_size: int = SLICE_PX
 
     def __post_init__(self):
@@ -103,14 +104,15 @@ def is_holdout(patient_key: str, fraction: float) -> bool:
     return _unit_hash(patient_key) < fraction
 
 
-def read_slices(store: str | None = None, split: Split = "all", holdout_fraction: float = 0.1) -> SliceArrays:
+def read_slices(store: Store | str | None = None, split: Split = "all", holdout_fraction: float = 0.1) -> SliceArrays:
     """All slices of `store/slices/` (part files; `_staging/` and dot-files are ignored) for one split.
 
     Raises StoreError when there is no `slices/` dataset or the split is empty.
     """
     from .slices import read_slices as read_table  # the one reader of `slices/` (published parts only)
 
-    path = resolve_store(store).rstrip("/") + "/slices"
+    store = connect(store)
+    path = store.slices.dir
     try:
         table = read_table(store, columns=["slice_id", "scan_id", "patient_key", "level_name", "image"])
     except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
@@ -195,23 +197,23 @@ class SliceStream:
     batch touches are in memory.
     """
 
-    def __init__(self, store=None, split: Split = "train", holdout_fraction: float = 0.1, window: int = 4096):
-        from .store import Store
-
-        self.store = Store(store)
+    def __init__(self, store: Store | str | None = None, split: Split = "train", holdout_fraction: float = 0.1,
+                 window: int = 4096):
+        self.store = connect(store)
         self.window = window
-        parts = self.store.published_parts()
+        slices = self.store.slices
+        parts = slices.parts()
         if not parts:
             raise StoreError(f"no slices in {self.store.root}; run `latentstore ingest` first")
         self.parts, self.rows = [], []  # part paths, and per part the row numbers in the split
         ids, names = [], []
         index = {}
         for name in parts:
-            t = self._read(self.store.path("slices", name), ["slice_id", "patient_key"])
+            t = self._read(slices.part_path(name), ["slice_id", "patient_key"])
             index[name] = (t.column("slice_id").to_numpy(), np.asarray(t.column("patient_key").to_pylist(), dtype=object))
         held = holdout_keys((k for _, pk in index.values() for k in pk), holdout_fraction)
         for name, (sid, pk) in index.items():
-            path = self.store.path("slices", name)
+            path = slices.part_path(name)
             keep = np.flatnonzero(_split_mask(pk, split, holdout_fraction, held))
             if len(keep):
                 self.parts.append(path)
@@ -220,7 +222,7 @@ class SliceStream:
                 names.append(name)
         self.n = int(sum(len(r) for r in self.rows))
         if self.n == 0:
-            raise StoreError(f"no {split} slices in {self.store.slices_dir} (holdout_fraction={holdout_fraction})")
+            raise StoreError(f"no {split} slices in {slices.dir} (holdout_fraction={holdout_fraction})")
         h = hashlib.sha256()  # part names are hashes of (CT content, slicing): they stand for the pixels
         for name, i in sorted(zip(names, ids)):
             h.update(name.encode())

@@ -13,10 +13,9 @@ import pyarrow as pa
 
 from .catalog import reader
 from .errors import InputError
-from .store import Store
+from .store import DATASETS, Store
 
-FORMATS = ("table", "csv", "json")
-DATASETS = ("slices",)  # the Parquet folders the catalog's views read
+FORMATS = ("table", "csv", "json", "jsonl")
 
 
 def query(store: Store, sql: str) -> pa.Table:
@@ -48,9 +47,11 @@ def query(store: Store, sql: str) -> pa.Table:
 
 
 def render(table: pa.Table, fmt: str) -> str:
-    """`table` as CSV or JSON lines (the `table` format is drawn by the CLI with rich)."""
+    """`table` as CSV, one JSON array (`json`) or JSON Lines (`jsonl`); the `table` format is drawn by the CLI."""
     rows = table.to_pylist()
     if fmt == "json":
+        return json.dumps(rows, default=str)
+    if fmt == "jsonl":
         return "\n".join(json.dumps(r, default=str) for r in rows)
     if fmt == "csv":
         buf = io.StringIO()

@@ -1,14 +1,16 @@
 """The store: a folder or an object-store URI holding slices, latents, indices, models and the catalog.
 
-Layout (DESIGN section 4): `slices/`, `latents/model_id=<id>/`, `index/`, `models/<model_id>/`,
+`latentstore.connect(path_or_uri)` returns a `Store`, the one object every stage works through. Layout
+(DESIGN section 4): `slices/`, `latents/model_id=<id>/`, `index/<model_id>.faiss`, `models/<model_id>/`,
 `catalog.duckdb`. Paths are resolved once here so that every stage agrees on them.
 
-The `slices/` dataset is one Parquet part file per scan, named by the hash of the scan's content and
-the slicing parameters (`part_name`). Workers write a part into `slices/_staging/<run_id>/`; the run's
-driver then renames it into `slices/`. A rename is atomic on a local or POSIX shared filesystem, so a
-reader sees a part completely or not at all; readers (pyarrow datasets, DuckDB `slices/*.parquet`)
-skip `_staging/` because its name starts with `_`. Because the name is a pure function of what is in
-the file, a rerun finds the part already published and never writes it twice.
+Parquet datasets (`store.dataset("slices")`, `store.dataset("latents", model_id=...)`) are folders of
+part files. Writers put a part into `<dataset>/_staging/<run_id>/`; the run's driver then renames it into
+the dataset folder. A rename is atomic on a local or POSIX shared filesystem, so a reader sees a part
+completely or not at all; readers (pyarrow datasets, DuckDB globs) skip `_staging/` because its name
+starts with `_`. Slice parts are named by the hash of the scan's content and the slicing parameters
+(`part_name`), latent parts by the hash of the slice ids they hold, so a rerun finds a part already
+published and never writes it twice.
 
 Patient identifiers are stored only as `patient_key`: HMAC-SHA256 of the identifier under a secret
 per-store salt (`Store.salt`). See `Store.salt` for where the salt lives and what it protects.
@@ -20,9 +22,11 @@ import fcntl
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -37,21 +41,11 @@ DEFAULT_STORE = "./latentstore-store"
 SALT_ENV = "LATENTSTORE_SALT"
 
 SLICES = "slices"
+LATENTS = "latents"
+MODELS = "models"
+INDEX = "index"
 STAGING = "_staging"
 PART_SUFFIX = ".parquet"
-
-# Parquet settings for slice parts. A part holds one scan (~25 rows of 18 KiB images), so a part is one
-# row group; the image column gains ~7 % from byte-stream-split under zstd and nothing from a dictionary
-# (measured on phantom slices), the string columns repeat one value per part and compress to nothing
-# with a dictionary.
-PARQUET_OPTIONS = dict(
-    compression="zstd",
-    use_dictionary=["scan_id", "patient_key", "level_name", "source_uri", "source_format", "content_hash", "slicing", "slicing_hash"],
-    use_byte_stream_split=["image.list.element"],
-    row_group_size=4096,
-    write_statistics=["slice_id", "level", "scan_id", "content_hash"],
-)
-
 
 def resolve_store(store: str | os.PathLike | None = None) -> str:
     """The store location: `store` if given, else `$LATENTSTORE_STORE`, else `./latentstore-store`.
@@ -81,8 +75,200 @@ def patient_key(patient: str, salt: bytes) -> str:
     return hmac.new(salt, patient.strip().encode(), hashlib.sha256).hexdigest()
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A Parquet dataset of the store: its folder, DDL table (`schemas/<table>.sql`), Parquet options and,
+    for datasets with one folder per model, the Hive partition key (`latents/model_id=<id>/`)."""
+
+    name: str
+    parquet: dict
+    partition: str | None = None
+
+
+# Slice parts hold one scan (~25 rows of 18 KiB images), so a part is one row group; the image column gains
+# ~7 % from byte-stream-split under zstd and nothing from a dictionary (measured on phantom slices), the
+# string columns repeat one value per part and compress to nothing with a dictionary.
+SLICES_PARQUET = dict(
+    compression="zstd",
+    use_dictionary=["scan_id", "patient_key", "level_name", "source_uri", "source_format", "content_hash", "slicing", "slicing_hash"],
+    use_byte_stream_split=["image.list.element"],
+    row_group_size=4096,
+    write_statistics=["slice_id", "level", "scan_id", "content_hash"],
+)
+# Vectors (DESIGN section 4): zstd, no dictionary, byte-stream-split floats, row groups of up to 64k rows.
+LATENTS_PARQUET = dict(
+    compression="zstd",
+    use_dictionary=False,
+    use_byte_stream_split=["z_sem.list.element"],
+    row_group_size=65536,
+    write_statistics=["slice_id"],
+)
+DATASETS = {
+    SLICES: DatasetSpec(SLICES, SLICES_PARQUET),
+    LATENTS: DatasetSpec(LATENTS, LATENTS_PARQUET, partition="model_id"),
+}
+PARQUET_OPTIONS = SLICES_PARQUET  # (the name ingest and tests knew)
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Dataset:
+    """One Parquet dataset of a store: part files published atomically from a staging folder.
+
+    Args:
+        store: the store.
+        name: `"slices"` or `"latents"` (see `DATASETS`).
+        model_id: the model, for per-model datasets (`latents`).
+    """
+
+    def __init__(self, store: "Store", name: str, model_id: str | None = None):
+        if name not in DATASETS:
+            raise StoreError(f"no dataset {name!r}; the store has {', '.join(DATASETS)}")
+        self.store, self.spec = store, DATASETS[name]
+        self.name, self.model_id = name, model_id
+        if self.spec.partition:
+            if not model_id or not MODEL_ID.match(model_id):
+                raise StoreError(f"dataset {name!r} needs a model id (letters, digits, _ . -), got {model_id!r}")
+            self.rel = f"{name}/{self.spec.partition}={model_id}"
+        elif model_id is not None:
+            raise StoreError(f"dataset {name!r} is not per model")
+        else:
+            self.rel = name
+        self.dir = store.path(self.rel)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.store.root!r}, {self.rel!r})"
+
+    @property
+    def schema(self) -> pa.Schema:
+        from .schema import arrow_schema
+
+        return arrow_schema(self.name)
+
+    def staging_dir(self, run_id: str) -> str:
+        return f"{self.dir}/{STAGING}/{run_id}"
+
+    def parts(self) -> list[str]:
+        """Names of the published part files (never anything under `_staging/`), sorted."""
+        selector = pafs.FileSelector(self.dir, allow_not_found=True, recursive=False)
+        return sorted(
+            info.base_name
+            for info in self.store.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.base_name.endswith(PART_SUFFIX) and not info.base_name.startswith(("_", "."))
+        )
+
+    def part_path(self, name: str) -> str:
+        return f"{self.dir}/{name}"
+
+    def has_part(self, name: str) -> bool:
+        return self.store.fs.get_file_info(self.part_path(name)).type == pafs.FileType.File
+
+    def write_staged(self, table: pa.Table, run_id: str, name: str, metadata: dict[str, str] | None = None) -> str:
+        """Write `table` as part `name` into this run's staging folder (with `metadata` as Parquet file
+        key-value metadata); return its path.
+
+        On a local store the file is fsynced, so the rename that publishes it can never expose a file
+        whose bytes are still only in the page cache when the machine goes down.
+        """
+        folder = self.staging_dir(run_id)
+        self.store.fs.create_dir(folder, recursive=True)
+        path = f"{folder}/{name}"
+        if metadata:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        with self.store.fs.open_output_stream(path) as sink:
+            pq.write_table(table, sink, **self.spec.parquet)
+        if self.store.local:
+            _fsync(path)
+        return path
+
+    def publish(self, run_id: str, name: str) -> bool:
+        """Move staged part `name` of `run_id` into the dataset; False (and the staged copy dropped) when a
+        part of that name is already published.
+
+        Only one driver per dataset publishes at a time (it holds the stage's lock), so the existence check
+        and the rename cannot race with another publisher.
+        """
+        src, dst = f"{self.staging_dir(run_id)}/{name}", self.part_path(name)
+        if self.has_part(name):
+            self.store.fs.delete_file(src)
+            return False
+        self.store.fs.move(src, dst)
+        if self.store.local:
+            _fsync(self.dir)
+        return True
+
+    def discard_staged(self, run_id: str, name: str) -> None:
+        """Drop one staged part (a duplicate, or a part of a failed publish)."""
+        try:
+            self.store.fs.delete_file(f"{self.staging_dir(run_id)}/{name}")
+        except FileNotFoundError:
+            pass
+
+    def clear_staging(self, run_id: str | None = None) -> int:
+        """Delete the staging folder of `run_id`, or of every run (leftovers of crashed runs); return how
+        many staged files were dropped. Call it only while holding the stage's lock."""
+        folder = self.staging_dir(run_id) if run_id else f"{self.dir}/{STAGING}"
+        fs = self.store.fs
+        infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=True))
+        dropped = sum(info.type == pafs.FileType.File for info in infos)
+        if fs.get_file_info(folder).type == pafs.FileType.Directory:
+            fs.delete_dir(folder)
+        return dropped
+
+    def arrow(self):
+        """The published parts as a `pyarrow.dataset.Dataset` in the DDL's schema (filter, scan, stream)."""
+        import pyarrow.dataset as ds
+
+        # The default ignore prefixes ("_", ".") keep `_staging/` out.
+        return ds.dataset([self.part_path(p) for p in self.parts()], filesystem=self.store.fs, format="parquet",
+                          schema=self.schema)
+
+    def read(self, columns: list[str] | None = None, filter=None) -> pa.Table:
+        """The published rows as one Arrow table (`filter`: a `pyarrow.compute` expression)."""
+        return self.arrow().to_table(columns=columns, filter=filter)
+
+    def batches(self, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+        """Stream the published rows as record batches of at most `batch_size` rows (memory stays flat)."""
+        yield from self.arrow().to_batches(columns=columns, batch_size=batch_size)
+
+    def count(self) -> int:
+        return self.arrow().count_rows() if self.parts() else 0
+
+    def metadata(self, name: str) -> dict[str, str]:
+        """A published part's Parquet key-value metadata, decoded."""
+        with self.store.fs.open_input_file(self.part_path(name)) as f:
+            meta = pq.read_metadata(f).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:")}
+
+
+class Models:
+    """The store's model registry `models/<model_id>/` (safetensors + config.json + card)."""
+
+    def __init__(self, store: "Store"):
+        self.store = store
+
+    @property
+    def dir(self) -> Path:
+        return self.store.local_path(MODELS)
+
+    def ids(self) -> list[str]:
+        if not self.store.local or not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self.ids()
+
+    def __iter__(self):
+        return iter(self.ids())
+
+    def path(self, model_id: str) -> Path:
+        return self.dir / model_id
+
+
 class Store:
-    """An opened store: its filesystem (`pyarrow.fs`, so an object-store URI can serve later) and paths.
+    """An opened store: its filesystem (`pyarrow.fs`, so an object-store URI can serve) and its parts.
+
+    Open one with `latentstore.connect(path_or_uri)`; every stage takes it first.
 
     Args:
         root: a folder or URI; resolved with `resolve_store` (None means the default store).
@@ -95,6 +281,7 @@ class Store:
         except (pa.ArrowInvalid, OSError) as e:
             raise StoreError(f"cannot open store {self.root}: {e}") from None
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.models = Models(self)
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -112,78 +299,38 @@ class Store:
             )
         return Path(self.path(*parts))
 
-    # -- slices parts -------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when the store has been written to (it has a catalog, slices or models)."""
+        return any(self.fs.get_file_info(self.path(p)).type != pafs.FileType.NotFound for p in ("catalog.duckdb", SLICES, MODELS))
+
+    # -- datasets -----------------------------------------------------------------------------------
+
+    def dataset(self, name: str, model_id: str | None = None) -> Dataset:
+        """`store.dataset("slices")`, `store.dataset("latents", model_id=...)`."""
+        return Dataset(self, name, model_id)
 
     @property
-    def slices_dir(self) -> str:
-        return self.path(SLICES)
+    def slices(self) -> Dataset:
+        return self.dataset(SLICES)
 
-    def staging_dir(self, run_id: str) -> str:
-        return self.path(SLICES, STAGING, run_id)
+    def latents(self, model_id: str) -> Dataset:
+        return self.dataset(LATENTS, model_id=model_id)
 
-    def published_parts(self) -> list[str]:
-        """Names of the published part files in `slices/` (never anything under `_staging/`)."""
-        selector = pafs.FileSelector(self.slices_dir, allow_not_found=True, recursive=False)
-        return sorted(
-            info.base_name
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.base_name.endswith(PART_SUFFIX) and not info.base_name.startswith(("_", "."))
-        )
+    def latent_models(self) -> list[str]:
+        """Model ids with a latents folder (`latents/model_id=<id>/`)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(LATENTS), allow_not_found=True))
+        return sorted(i.base_name.split("=", 1)[1] for i in infos
+                      if i.type == pafs.FileType.Directory and i.base_name.startswith("model_id="))
 
-    def has_part(self, name: str) -> bool:
-        return self.fs.get_file_info(self.path(SLICES, name)).type == pafs.FileType.File
+    def index_path(self, model_id: str) -> str:
+        """`index/<model_id>.faiss` (its JSON sidecar sits beside it)."""
+        return self.path(INDEX, f"{model_id}.faiss")
 
-    def write_staged(self, table: pa.Table, run_id: str, name: str) -> str:
-        """Write `table` as part `name` into this run's staging folder; return its path.
+    def sql(self, query: str) -> pa.Table:
+        """Read-only SQL over the catalog and the Parquet views, as Arrow (`.to_pandas()` for pandas)."""
+        from .sql import query as run
 
-        On a local store the file is fsynced, so the rename that publishes it can never expose a file
-        whose bytes are still only in the page cache when the machine goes down.
-        """
-        folder = self.staging_dir(run_id)
-        self.fs.create_dir(folder, recursive=True)
-        path = f"{folder}/{name}"
-        with self.fs.open_output_stream(path) as sink:
-            pq.write_table(table, sink, **PARQUET_OPTIONS)
-        if self.local:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return path
-
-    def publish(self, run_id: str, name: str) -> bool:
-        """Move staged part `name` of `run_id` into `slices/`; False (and the staged copy dropped) when a
-        part of that name is already published.
-
-        Only one ingest driver publishes at a time (it holds the `ingest` lock), so the existence check
-        and the rename cannot race with another publisher.
-        """
-        src, dst = f"{self.staging_dir(run_id)}/{name}", self.path(SLICES, name)
-        if self.has_part(name):
-            self.fs.delete_file(src)
-            return False
-        self.fs.move(src, dst)
-        if self.local:
-            _fsync_dir(self.slices_dir)
-        return True
-
-    def discard_staged(self, run_id: str, name: str) -> None:
-        """Drop one staged part (a duplicate, or a part of a failed publish)."""
-        try:
-            self.fs.delete_file(f"{self.staging_dir(run_id)}/{name}")
-        except FileNotFoundError:
-            pass
-
-    def clear_staging(self, run_id: str | None = None) -> int:
-        """Delete the staging folder of `run_id`, or of every run (leftovers of crashed runs); return how
-        many staged files were dropped. Call it only while holding the `ingest` lock."""
-        folder = self.staging_dir(run_id) if run_id else self.path(SLICES, STAGING)
-        infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True, recursive=True))
-        dropped = sum(info.type == pafs.FileType.File for info in infos)
-        if self.fs.get_file_info(folder).type == pafs.FileType.Directory:
-            self.fs.delete_dir(folder)
-        return dropped
+        return run(self, query)
 
     # -- locks and the patient salt -------------------------------------------------------------------
 
@@ -273,10 +420,16 @@ class Store:
             f.write(fingerprint.encode() + b"\n")
 
 
-def _fsync_dir(path: str) -> None:
-    # The rename is durable only once the directory entry is on disk.
+def _fsync(path: str) -> None:
+    # A file's bytes, or a rename inside a folder, are durable only once fsynced.
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def connect(path_or_uri: str | os.PathLike | None = None) -> Store:
+    """Open a store (a folder or `s3://bucket/prefix`; default `$LATENTSTORE_STORE`, else
+    `./latentstore-store`), as `duckdb.connect` opens a database. Nothing is written until a stage writes."""
+    return path_or_uri if isinstance(path_or_uri, Store) else Store(path_or_uri)

@@ -34,7 +34,10 @@ import torch
 from . import checkpoint as ckpt
 from .errors import InputError
 from .slicedata import InMemorySlices, Preprocess, SliceArrays, SliceStream, batch_indices  # noqa: F401 (API)
-from .store import Store, resolve_store
+from .pictures import WINDOW_HU
+from .progress import Bar
+from .result import Result
+from .store import Store, connect
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     holdout_fraction: float = 0.1
-    hu_min: float = -500.0
-    hu_max: float = 1300.0
+    hu_min: float = WINDOW_HU[0]
+    hu_max: float = WINDOW_HU[1]
     checkpoint_every: int = 250
     preview_every: int = 1000
     preview_steps: int = 10
@@ -127,13 +130,20 @@ _COSMETIC = {"steps", "checkpoint_every", "preview_every", "preview_steps", "kee
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(Result):
     run_dir: Path
     model_dir: Path | None  # STORE/models/<model_id>/ once registered
     model_id: str | None
     step: int
     final_loss: float
     seconds: float
+
+    def to_dict(self) -> dict:
+        return {"model_id": self.model_id, "model_dir": str(self.model_dir), "run_dir": str(self.run_dir),
+                "steps": self.step, "final_loss": self.final_loss, "seconds": round(self.seconds, 1)}
+
+    def __rich__(self) -> str:
+        return "\n".join(f"{k:>11}: {v}" for k, v in self.to_dict().items())
 
 
 # -------------------------------------------------------------------------------------- deterministic draws
@@ -212,8 +222,8 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: i
 
 
 def train(
+    store: Store | str | None,
     cfg: TrainConfig,
-    store: str | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     device: str | None = None,
@@ -228,7 +238,7 @@ def train(
     from .diffusion import mmd_to_gaussian, training_loss
     from .model import DiffusionAutoencoder, ModelConfig
 
-    store = resolve_store(store)
+    store = connect(store)
     run = Path(out) if out else default_run_dir(store, cfg.config)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model_config = ModelConfig.named(cfg.config)
@@ -241,7 +251,7 @@ def train(
         "preprocess": pre.to_dict(),
         "data_hash": data.data_hash,
         "n_train_slices": len(data),
-        "store": store,
+        "store": store.root,
     }
 
     torch.manual_seed(cfg.seed)  # the init is part of the run, so it is seeded too
@@ -284,10 +294,9 @@ def train(
     # bf16 autocast on a GPU (DiffAE used fp16; bf16 needs no loss scaler); CPU autocast is slower, so fp32.
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     done = start
-    bar = _progress(cfg.steps) if progress else None
     net.train()
-    with bar or contextlib.nullcontext(), log.open("a", buffering=1) as logf:  # line-buffered: tail -f works
-        task = bar.add_task("train", total=cfg.steps, completed=start, loss=float("nan")) if bar else None
+    with Bar("train", cfg.steps, "steps", enabled=progress, completed=start) as bar, \
+            log.open("a", buffering=1) as logf:  # line-buffered: tail -f works
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             x0 = pre.to_model(data.batch(step, cfg.batch_size, cfg.seed)).to(device)
@@ -313,8 +322,7 @@ def train(
                 save_checkpoint(run, net, ema, opt, done, extra, cfg.keep_checkpoints)
             if cfg.preview_every and (done % cfg.preview_every == 0 or done == cfg.steps):
                 _preview(run / "previews" / f"step_{done:08d}.png", ema, data.fixed(8), pre, cfg, device)
-            if bar:
-                bar.update(task, completed=done, loss=loss_value)
+            bar.update(done, info=f"loss {loss_value:.4f}")
 
     model_dir = model_id = None
     if register:
@@ -339,27 +347,21 @@ def _card(cfg: TrainConfig, header: dict, done: int, seconds: float) -> dict:
     }
 
 
-def _progress(total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
-
-
 def _preview(path: Path, ema, images: np.ndarray, pre: Preprocess, cfg: TrainConfig, device) -> None:
     """A PNG grid from the EMA model: 8 fixed training slices, their reconstructions, and samples."""
-    from .evaluate import generate, reconstruct, save_grid
+    from .diffusion import decode_random, reconstruct
+    from .pictures import save_grid
 
     x0 = pre.to_model(images).to(device)
     with torch.no_grad():
         rec = reconstruct(ema, x0, cfg.preview_steps)
-        gen = generate(ema, x0.flip(0), cfg.preview_steps, seed=cfg.seed)
+        gen = decode_random(ema, x0.flip(0), cfg.preview_steps, seed=cfg.seed)
     save_grid([x0, rec, gen], path, labels=["input", "reconstruction", "sample (z of another slice, random x_T)"])
 
 
-def default_run_dir(store: str, config: str) -> Path:
+def default_run_dir(store: Store, config: str) -> Path:
     """`STORE/runs/train-<config>`: runs live with the data they train on, not in the current folder."""
-    return Store(store).local_path("runs", f"train-{config}")
+    return store.local_path("runs", f"train-{config}")
 
 
 def steps_for(samples: int | None, steps: int | None, batch_size: int) -> int | None:
@@ -369,11 +371,11 @@ def steps_for(samples: int | None, steps: int | None, batch_size: int) -> int | 
     return math.ceil(samples / batch_size) if samples is not None else steps
 
 
-def run_from_cli(overrides: dict, steps=None, samples=None, store=None, out=None, resume=False, device=None,
+def run_from_cli(store: Store, overrides: dict, steps=None, samples=None, out=None, resume=False, device=None,
                  progress=True) -> TrainResult:
     """`latentstore train`: options left unset (None) take the defaults, or, with --resume, the run's own."""
     given = {k: v for k, v in overrides.items() if v is not None}
-    run = Path(out) if out else default_run_dir(resolve_store(store), given.get("config", TrainConfig.config))
+    run = Path(out) if out else default_run_dir(store, given.get("config", TrainConfig.config))
     try:
         if resume and latest_checkpoint(run) is not None:
             base = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text())["train"])
@@ -389,4 +391,4 @@ def run_from_cli(overrides: dict, steps=None, samples=None, store=None, out=None
             cfg = TrainConfig(**merged, steps=steps_for(samples, steps, batch) or default_steps)
     except (ValueError, TypeError) as e:
         raise InputError(str(e)) from None
-    return train(cfg, store=store, out=run, resume=resume, device=device, progress=progress)
+    return train(store, cfg, out=run, resume=resume, device=device, progress=progress)

@@ -46,6 +46,8 @@ def test_recording_into_the_shipped_card_is_refused(model_copy):
 
 def test_store_that_is_a_file_is_one_line_exit_3(tmp_path):
     (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "sub-01_ct.nii.gz").write_bytes(b"not a scan, but named like one")
+    (tmp_path / "archive" / "sub-01_ctd.json").write_text('[{"direction": ["P", "I", "R"]}, {"label": 20, "X": 1, "Y": 2, "Z": 3}]')
     (tmp_path / "store").write_text("not a folder")
     result = runner.invoke(app, ["ingest", str(tmp_path / "archive"), "--store", str(tmp_path / "store")])
     assert result.exit_code == 3, result.output
@@ -57,3 +59,15 @@ def test_out_of_range_slice_id_is_one_line_exit_2(tmp_path):
     result = runner.invoke(app, ["slices", "show", "99999999999999999999", "--store", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "out of range" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content", [None, "notes.txt"])
+def test_archive_without_scans_is_exit_2_and_creates_no_store(tmp_path, content):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    if content:
+        (archive / content).write_text("a note, not a scan")
+    result = runner.invoke(app, ["ingest", str(archive), "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2, result.output
+    assert "no usable CT scan" in result.output and "nothing was written" in result.output
+    assert not (tmp_path / "store").exists()

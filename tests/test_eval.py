@@ -17,7 +17,7 @@ def model(tmp_path_factory):
     """A tiny model trained for a few steps (eval plumbing, not quality) in a tiny store."""
     store = make_store(tmp_path_factory.mktemp("store"))
     cfg = TrainConfig(config="tiny", steps=4, batch_size=4, lr=1e-3, preview_every=0, holdout_fraction=0.2)
-    return store, train(cfg, store=store, out=store / "run", progress=False).model_id
+    return store, train(store, cfg, out=store / "run", progress=False).model_id
 
 
 def test_recon_metrics_on_known_pairs():
@@ -38,7 +38,7 @@ def test_distribution_metrics_separate_shifted_sets():
 
 def test_eval_recon_reports_table1_and_writes_a_grid(model, tmp_path):
     store, model_id = model
-    result = eval_recon(model_id, store, steps=2, n=6, batch_size=4, grid=tmp_path / "grid.png")
+    result = eval_recon(store, model_id, steps=2, n=6, batch_size=4, grid=tmp_path / "grid.png")
     assert result["model_id"] == model_id and result["n"] == 6 and result["holdout_fraction"] == 0.2
     for programme in ("inv", "recon"):
         m = result["encoding"][programme]
@@ -56,7 +56,7 @@ def test_eval_recon_reports_table1_and_writes_a_grid(model, tmp_path):
 def test_lpips_needs_local_weights(model, tmp_path):
     store, model_id = model
     with pytest.raises(InputError, match="lpips-weights"):
-        eval_recon(model_id, store, steps=1, n=2, lpips_weights=tmp_path / "missing.pth")
+        eval_recon(store, model_id, steps=1, n=2, lpips_weights=tmp_path / "missing.pth")
 
 
 def test_cli_eval_recon_json(model, tmp_path):

@@ -24,7 +24,7 @@ from latentstore.ingest import SlicingConfig
 from latentstore.ingest.run import ingest
 from latentstore.schema import arrow_schema
 from latentstore.slices import read_slices
-from latentstore.store import Store, part_name, slice_id
+from latentstore.store import Dataset, Store, part_name, slice_id
 
 CFG = SlicingConfig()
 
@@ -47,7 +47,7 @@ def _no_env_salt(monkeypatch):
 
 
 def run(archive: Path, store: Path, **kw):
-    return ingest(archive, store, progress=False, **kw)
+    return ingest(store, archive, progress=False, **kw)
 
 
 def contents(store: Path) -> list[tuple[int, bytes]]:
@@ -73,7 +73,7 @@ def test_ingest_small_archive_writes_expected_rows(tmp_path):
     assert (s.scans_seen, s.scans_ingested, s.scans_skipped, s.slices_written, s.errors, s.status) == (3, 3, 0, 9, 0, "ok")
 
     st = Store(store)
-    parts = st.published_parts()
+    parts = st.slices.parts()
     cts = sorted(archive.glob("rawdata/*/*_ct.nii.gz"))
     hashes = {ct.name.split("_")[0]: hashlib.sha256(ct.read_bytes()).hexdigest() for ct in cts}
     assert parts == sorted(part_name(h, CFG.hash) for h in hashes.values())  # one part per scan, named by content
@@ -138,7 +138,7 @@ def test_crash_midway_then_rerun_gives_the_store_of_one_clean_run(tmp_path, monk
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     run(archive, clean)
 
-    real_publish, calls = Store.publish, []
+    real_publish, calls = Dataset.publish, []
 
     def publish_then_die(self, run_id, name):
         calls.append(name)
@@ -146,19 +146,19 @@ def test_crash_midway_then_rerun_gives_the_store_of_one_clean_run(tmp_path, monk
             raise RuntimeError("simulated crash of the driver")
         return real_publish(self, run_id, name)
 
-    monkeypatch.setattr(Store, "publish", publish_then_die)
+    monkeypatch.setattr(Dataset, "publish", publish_then_die)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(archive, crashed)
-    monkeypatch.setattr(Store, "publish", real_publish)
+    monkeypatch.setattr(Dataset, "publish", real_publish)
 
     # What a reader sees after the crash: exactly the one published scan, no staged leftovers.
-    assert len(Store(crashed).published_parts()) == 1
+    assert len(Store(crashed).slices.parts()) == 1
     assert len(contents(crashed)) == 3
     con = catalog.reader(Store(crashed))
     assert con.execute("SELECT status FROM runs").fetchall() == [("failed",)]
     con.close()
     # Plus a half-written part of a run killed harder (no cleanup at all), under a real part's name.
-    missing = sorted(set(Store(clean).published_parts()) - set(Store(crashed).published_parts()))[0]
+    missing = sorted(set(Store(clean).slices.parts()) - set(Store(crashed).slices.parts()))[0]
     dead = crashed / "slices" / "_staging" / "ingest-killed"
     dead.mkdir(parents=True)
     (dead / missing).write_bytes((clean / "slices" / missing).read_bytes()[:1000])
@@ -166,7 +166,7 @@ def test_crash_midway_then_rerun_gives_the_store_of_one_clean_run(tmp_path, monk
 
     rerun = run(archive, crashed)
     assert rerun.scans_ingested == 3 and rerun.scans_skipped == 1 and rerun.staging_dropped >= 1
-    assert Store(crashed).published_parts() == Store(clean).published_parts()
+    assert Store(crashed).slices.parts() == Store(clean).slices.parts()
     assert contents(crashed) == contents(clean)
     assert not (crashed / "slices" / "_staging" / "ingest-killed").exists()
 
@@ -325,13 +325,13 @@ def test_driver_killed_with_sigkill_then_rerun_gives_the_store_of_one_clean_run(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: nothing cleans up
         proc.wait()
-    published = len(Store(killed).published_parts())
+    published = len(Store(killed).slices.parts())
     assert 2 <= published < 10
 
     rerun = run(archive, killed)
     assert rerun.scans_ingested == 10 - published and rerun.scans_skipped == published and rerun.errors == 0
     run(archive, clean)
-    assert Store(killed).published_parts() == Store(clean).published_parts()
+    assert Store(killed).slices.parts() == Store(clean).slices.parts()
     assert contents(killed) == contents(clean)
     con = catalog.reader(Store(killed))
     try:
@@ -388,5 +388,5 @@ def test_a_second_slicing_config_is_refused_and_nothing_changes(tmp_path):
     run(archive, store)
     rows_before = contents(store)
     with pytest.raises(InputError, match="needs its own store"):
-        ingest(archive, store, slicing=SlicingConfig(thickness_mm=3), progress=False)
+        ingest(store, archive, slicing=SlicingConfig(thickness_mm=3), progress=False)
     assert contents(store) == rows_before

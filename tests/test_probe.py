@@ -17,7 +17,7 @@ from tiny_store import make_store
 def store_and_model(tmp_path_factory):
     store = make_store(tmp_path_factory.mktemp("store"), n_scans=30, levels=4)
     cfg = TrainConfig(config="tiny", steps=2, batch_size=4, lr=1e-3, preview_every=0)
-    return store, train(cfg, store=store, out=store / "run", progress=False).model_id
+    return store, train(store, cfg, out=store / "run", progress=False).model_id
 
 
 def _write_labels(store, path, rule) -> None:
@@ -42,7 +42,7 @@ def test_pixels_find_a_pixel_defined_fracture_and_random_labels_stay_near_chance
                  for r in read_slices(store, columns=["image"]).to_pylist())
     cut = his[int(0.7 * len(his))]
     _write_labels(store, tmp_path / "bright.csv", lambda img, i: 3 if _body_hu(img) > cut else 0)
-    result = eval_probe(model_id, store, tmp_path / "bright.csv", seeds=(0,), k=5)
+    result = eval_probe(store, model_id, tmp_path / "bright.csv", seeds=(0,), k=5)
     pix = result["features"]["pix8"]
     assert pix["logistic"]["auc"] > 0.85 and pix["svm"]["auc"] > 0.85
     assert pix["height_loss_r2"] > 0.3 and 0 <= pix["level_accuracy"] <= 1
@@ -54,7 +54,7 @@ def test_pixels_find_a_pixel_defined_fracture_and_random_labels_stay_near_chance
     rng = np.random.default_rng(0)
     coin = rng.random(200) < 0.3
     _write_labels(store, tmp_path / "coin.csv", lambda img, i: 2 if coin[i] else 0)
-    chance = eval_probe(model_id, store, tmp_path / "coin.csv", seeds=(0, 1), k=5)
+    chance = eval_probe(store, model_id, tmp_path / "coin.csv", seeds=(0, 1), k=5)
     assert 0.25 < chance["features"]["pix8"]["logistic"]["auc"] < 0.75
 
 

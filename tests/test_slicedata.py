@@ -4,6 +4,7 @@ import pytest
 
 from latentstore.errors import StoreError
 from latentstore.slicedata import SliceStream, holdout_keys, is_holdout, read_slices
+from latentstore.store import Store
 from latentstore.train import default_run_dir
 from tiny_store import make_store
 
@@ -67,4 +68,4 @@ def test_split_is_by_patient_and_holdout_and_train_are_disjoint(store):
 
 
 def test_runs_live_in_the_store(store):
-    assert default_run_dir(str(store), "small") == store / "runs" / "train-small"
+    assert default_run_dir(Store(str(store)), "small") == store / "runs" / "train-small"

@@ -17,7 +17,8 @@ from ingest_phantom import make_archive, write_scan
 from latentstore.cli import app
 from latentstore.ingest import SlicingConfig, scan_archive
 from latentstore.ingest.run import ingest_scan
-from latentstore.slices import BACKGROUND, COLS, TILE, WINDOW_HU, read_slices, show, tile_origin
+from latentstore.pictures import BACKGROUND, COLS, TILE, WINDOW_HU, tile_origin
+from latentstore.slices import read_slices, show
 from latentstore.store import Store
 
 runner = CliRunner()
@@ -35,7 +36,7 @@ def store(tmp_path_factory) -> Path:
     for src in sources:
         result = ingest_scan(src, "key-" + src.scan_id, cfg, st.root, "run", str(archive))
         assert result["kind"] == "staged", result
-        st.publish("run", result["part"])
+        st.slices.publish("run", result["part"])
     return store
 
 
@@ -74,14 +75,14 @@ def test_single_slice_and_cli(store, tmp_path):
     assert info["slice_ids"] == [sid] and info["levels"] == ["L2"] and Path(info["path"]) == out
     assert filled_tiles(out, COLS) == 1
 
-    result = runner.invoke(app, ["slices", "show", "--scan", "sub-p000", "--store", str(store), "--out", str(tmp_path / "s.png")])
+    result = runner.invoke(app, ["slices", "show", "--scan-id", "sub-p000", "--store", str(store), "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 0 and "3 slice(s) (L1, L2, L3)" in result.stdout
     assert filled_tiles(tmp_path / "s.png", COLS) == 3
 
 
 @pytest.mark.parametrize(
     "args, code",
-    [(["123"], 2), (["--scan", "sub-nobody"], 2), ([], 2), (["1", "--scan", "sub-p000"], 2)],
+    [(["123"], 2), (["--scan-id", "sub-nobody"], 2), ([], 2), (["1", "--scan-id", "sub-p000"], 2)],
 )
 def test_bad_requests_exit_with_input_error(store, tmp_path, args, code):
     result = runner.invoke(app, ["slices", "show", *args, "--store", str(store), "--out", str(tmp_path / "x.png")])
@@ -90,5 +91,5 @@ def test_bad_requests_exit_with_input_error(store, tmp_path, args, code):
 
 
 def test_empty_store_is_a_store_error(tmp_path):
-    result = runner.invoke(app, ["slices", "show", "--scan", "a", "--store", str(tmp_path / "none")])
+    result = runner.invoke(app, ["slices", "show", "--scan-id", "a", "--store", str(tmp_path / "none")])
     assert result.exit_code == 3 and "latentstore ingest" in result.stderr

@@ -23,8 +23,12 @@ def test_sql_reads_the_catalog(tmp_path):
     q = "SELECT reason, count(*) AS n FROM errors GROUP BY reason ORDER BY n DESC"
     result = runner.invoke(app, ["sql", q, "--store", store.root, "--format", "json"])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
-    assert rows == [{"reason": "truncated gzip", "n": 2}, {"reason": "not valid JSON", "n": 1}]
+    expected = [{"reason": "truncated gzip", "n": 2}, {"reason": "not valid JSON", "n": 1}]
+    assert json.loads(result.output) == expected  # one JSON document
+    lines = runner.invoke(app, ["sql", q, "--store", store.root, "--format", "jsonl"]).output.splitlines()
+    assert [json.loads(line) for line in lines] == expected  # JSON Lines
+    wide = runner.invoke(app, ["sql", "SELECT [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] AS v", "--store", store.root])
+    assert "[10 values]" in wide.output
     csv_out = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM slices", "--store", store.root, "--format", "csv"])
     assert csv_out.output.splitlines() == ["n", "0"]
 

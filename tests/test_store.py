@@ -51,29 +51,29 @@ def test_ids_are_stable_63_bit_and_depend_on_every_part():
 def test_staged_parts_are_invisible_until_published_and_never_published_twice(tmp_path):
     st = Store(tmp_path / "store")
     name = part_name("c", "h")
-    st.write_staged(tiny_table(), "run-1", name)
-    assert st.published_parts() == [] and not st.has_part(name)
-    assert st.publish("run-1", name) is True
-    assert st.published_parts() == [name]
+    st.slices.write_staged(tiny_table(), "run-1", name)
+    assert st.slices.parts() == [] and not st.slices.has_part(name)
+    assert st.slices.publish("run-1", name) is True
+    assert st.slices.parts() == [name]
     # A second copy of the same part (a concurrent duplicate) is dropped, the published file kept.
     before = (tmp_path / "store/slices" / name).read_bytes()
-    st.write_staged(tiny_table(3), "run-2", name)
-    assert st.publish("run-2", name) is False
+    st.slices.write_staged(tiny_table(3), "run-2", name)
+    assert st.slices.publish("run-2", name) is False
     assert (tmp_path / "store/slices" / name).read_bytes() == before
     assert not (tmp_path / "store/slices/_staging/run-2" / name).exists()
     # Listing ignores staging, hidden files and non-Parquet files.
     (tmp_path / "store/slices/.part-x.parquet").write_bytes(b"")
     (tmp_path / "store/slices/notes.txt").write_text("x")
-    st.write_staged(tiny_table(), "run-3", part_name("x", "y"))
-    assert st.published_parts() == [name]
-    assert st.clear_staging() == 1 and not (tmp_path / "store/slices/_staging").exists()
+    st.slices.write_staged(tiny_table(), "run-3", part_name("x", "y"))
+    assert st.slices.parts() == [name]
+    assert st.slices.clear_staging() == 1 and not (tmp_path / "store/slices/_staging").exists()
 
 
 def test_parts_use_zstd_and_keep_the_schema(tmp_path):
     import pyarrow.parquet as pq
 
     st = Store(tmp_path)
-    path = st.write_staged(tiny_table(), "r", "p.parquet")
+    path = st.slices.write_staged(tiny_table(), "r", "p.parquet")
     meta = pq.ParquetFile(path).metadata
     assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
     assert pq.read_table(path).column("image").type.list_size == 9216
@@ -140,8 +140,8 @@ def test_catalog_tables_views_and_read_only_readers(tmp_path):
     finally:
         con.close()
     # After a publish the next writer points the view at the Parquet files.
-    st.write_staged(tiny_table(3), "r", part_name("c", "h"))
-    st.publish("r", part_name("c", "h"))
+    st.slices.write_staged(tiny_table(3), "r", part_name("c", "h"))
+    st.slices.publish("r", part_name("c", "h"))
     catalog.finish_run(st, run_id, "partial", {"errors": 1})
     con = catalog.reader(st)
     try:

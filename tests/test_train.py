@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from latentstore import checkpoint as ckpt
 from latentstore.cli import app
 from latentstore.errors import InputError
-from latentstore.evaluate import generate, reconstruct
+from latentstore.diffusion import decode_random, reconstruct
 from latentstore.model import DiffusionAutoencoder, ModelConfig
 from latentstore.slicedata import read_slices
 from latentstore.train import TrainConfig, batch_indices, train
@@ -29,7 +29,7 @@ def store(tmp_path_factory):
 def trained(store):
     torch.set_num_threads(2)
     cfg = TrainConfig(steps=40, checkpoint_every=20, **{**FAST, "preview_every": 40})
-    result = train(cfg, store=store, out=store / "run", progress=False)
+    result = train(store, cfg, out=store / "run", progress=False)
     return result
 
 
@@ -39,7 +39,7 @@ def test_trained_model_reconstructs_its_slices_better_than_untrained(store, trai
     torch.manual_seed(FAST.get("seed", 0))
     untrained = DiffusionAutoencoder(ModelConfig.named("tiny")).eval()  # the run's own init (same seed)
     with torch.no_grad():
-        mse = {name: {"recon": float(((generate(net, x, 5) - x) ** 2).mean()),
+        mse = {name: {"recon": float(((decode_random(net, x, 5) - x) ** 2).mean()),
                       "inv": float(((reconstruct(net, x, 5) - x) ** 2).mean())}
                for name, net in (("untrained", untrained), ("trained", lm.net))}
     # z_sem + random x_T: only what the encoder learned carries the image (measured ~5x better after 60 steps)
@@ -65,11 +65,11 @@ def test_run_folder_layout_and_no_pickle(trained):
 
 def test_resume_continues_the_same_run_bit_identically(store, tmp_path):
     cfg = TrainConfig(steps=6, checkpoint_every=3, **{**FAST, "batch_size": 4})
-    whole = train(cfg, store=store, out=tmp_path / "whole", progress=False, register=False)
+    whole = train(store, cfg, out=tmp_path / "whole", progress=False, register=False)
     # "interrupted" after 3 steps, then resumed to 6 (with another checkpoint cadence, which is allowed)
-    train(TrainConfig(**{**cfg.__dict__, "steps": 3}), store=store, out=tmp_path / "split", progress=False,
+    train(store, TrainConfig(**{**cfg.__dict__, "steps": 3}), out=tmp_path / "split", progress=False,
           register=False)
-    resumed = train(TrainConfig(**{**cfg.__dict__, "checkpoint_every": 2}), store=store, out=tmp_path / "split",
+    resumed = train(store, TrainConfig(**{**cfg.__dict__, "checkpoint_every": 2}), out=tmp_path / "split",
                     resume=True, progress=False, register=False)
     assert resumed.step == whole.step == 6
     logs = [[json.loads(x)["loss"] for x in (tmp_path / r / "log.jsonl").read_text().splitlines()]
@@ -85,11 +85,11 @@ def test_resume_refuses_a_changed_recipe_and_fresh_runs_refuse_old_folders(store
     from latentstore.errors import InputError
 
     cfg = TrainConfig(steps=1, **{**FAST, "batch_size": 2})
-    train(cfg, store=store, out=tmp_path / "r", progress=False, register=False)
+    train(store, cfg, out=tmp_path / "r", progress=False, register=False)
     with pytest.raises(InputError, match="--resume"):
-        train(cfg, store=store, out=tmp_path / "r", progress=False, register=False)
+        train(store, cfg, out=tmp_path / "r", progress=False, register=False)
     with pytest.raises(InputError, match="lr"):
-        train(TrainConfig(**{**cfg.__dict__, "lr": 5e-4, "steps": 2}), store=store, out=tmp_path / "r",
+        train(store, TrainConfig(**{**cfg.__dict__, "lr": 5e-4, "steps": 2}), out=tmp_path / "r",
               resume=True, progress=False, register=False)
 
 
@@ -140,7 +140,7 @@ def test_paper_config_defaults_to_table5_and_recipe_knobs_are_checked():
 def test_encoder_lr_scale_sets_the_encoders_learning_rate(tmp_path):
     store = make_store(tmp_path / "s", n_scans=4, levels=2)
     cfg = TrainConfig(steps=1, **{**FAST, "batch_size": 2, "encoder_lr_scale": 0.1})
-    result = train(cfg, store=store, out=tmp_path / "r", progress=False, register=False)
+    result = train(store, cfg, out=tmp_path / "r", progress=False, register=False)
     from safetensors import safe_open
 
     with safe_open(str(result.run_dir / "checkpoints" / "step_00000001" / "optimizer.safetensors"), "pt") as f:
@@ -151,8 +151,8 @@ def test_encoder_lr_scale_sets_the_encoders_learning_rate(tmp_path):
 def test_latent_prior_adds_to_the_loss_and_trains(tmp_path):
     store = make_store(tmp_path / "s", n_scans=4, levels=2)
     base = dict(steps=2, **{**FAST, "batch_size": 4})
-    plain = train(TrainConfig(**base), store=store, out=tmp_path / "a", progress=False, register=False)
-    prior = train(TrainConfig(**base, latent_prior=1.0), store=store, out=tmp_path / "b", progress=False,
+    plain = train(store, TrainConfig(**base), out=tmp_path / "a", progress=False, register=False)
+    prior = train(store, TrainConfig(**base, latent_prior=1.0), out=tmp_path / "b", progress=False,
                   register=False)
     assert np.isfinite(prior.final_loss) and prior.final_loss > plain.final_loss  # + a positive MMD term
     with pytest.raises(ValueError, match="latent_prior"):
@@ -161,7 +161,7 @@ def test_latent_prior_adds_to_the_loss_and_trains(tmp_path):
 
 def test_encoder_lr_scale_zero_freezes_the_encoder_at_its_init(tmp_path):
     store = make_store(tmp_path / "s", n_scans=4, levels=2)
-    result = train(TrainConfig(steps=2, **{**FAST, "batch_size": 4, "encoder_lr_scale": 0.0}), store=store,
+    result = train(store, TrainConfig(steps=2, **{**FAST, "batch_size": 4, "encoder_lr_scale": 0.0}),
                    out=tmp_path / "r", progress=False)
     torch.manual_seed(FAST.get("seed", 0))
     init = DiffusionAutoencoder(ModelConfig.named("tiny"))
@@ -173,10 +173,9 @@ def test_encoder_lr_scale_zero_freezes_the_encoder_at_its_init(tmp_path):
 
 def test_init_from_starts_a_run_from_a_registered_model(tmp_path):
     store = make_store(tmp_path / "s", n_scans=4, levels=2)
-    first = train(TrainConfig(steps=2, **{**FAST, "batch_size": 4, "encoder_lr_scale": 0.0}), store=store,
+    first = train(store, TrainConfig(steps=2, **{**FAST, "batch_size": 4, "encoder_lr_scale": 0.0}),
                   out=tmp_path / "a", progress=False)
-    second = train(TrainConfig(steps=1, **{**FAST, "batch_size": 4, "lr": 1e-12, "init_from": first.model_id}),
-                   store=store, out=tmp_path / "b", progress=False)
+    second = train(store, TrainConfig(steps=1, **{**FAST, "batch_size": 4, "lr": 1e-12, "init_from": first.model_id}), out=tmp_path / "b", progress=False)
     a, b = ckpt.load_model(first.model_id, store=store).net, ckpt.load_model(second.model_id, store=store).net
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-6)  # one step at lr 1e-12 from the first model's weights
@@ -184,19 +183,19 @@ def test_init_from_starts_a_run_from_a_registered_model(tmp_path):
                                 "z_dim": 16})).state_dict(), ModelConfig(**{**ModelConfig.named("tiny").__dict__, "z_dim": 16}),
                                 ckpt.load_model(first.model_id, store=store).preprocess)
     with pytest.raises(InputError, match="init-from"):
-        train(TrainConfig(steps=1, **{**FAST, "batch_size": 4, "init_from": str(other)}), store=store,
+        train(store, TrainConfig(steps=1, **{**FAST, "batch_size": 4, "init_from": str(other)}),
               out=tmp_path / "c", progress=False)
 
 
 def test_a_run_started_before_a_field_existed_still_resumes(tmp_path):
     store = make_store(tmp_path / "s", n_scans=4, levels=2)
     cfg = TrainConfig(steps=1, **{**FAST, "batch_size": 2})
-    train(cfg, store=store, out=tmp_path / "r", progress=False, register=False)
+    train(store, cfg, out=tmp_path / "r", progress=False, register=False)
     path = tmp_path / "r" / "train_config.json"
     header = json.loads(path.read_text())
     for newer in ("init_from", "latent_prior", "t_sampling"):
         del header["train"][newer]
     path.write_text(json.dumps(header))
-    again = train(TrainConfig(**{**cfg.__dict__, "steps": 2}), store=store, out=tmp_path / "r", resume=True,
+    again = train(store, TrainConfig(**{**cfg.__dict__, "steps": 2}), out=tmp_path / "r", resume=True,
                   progress=False, register=False)
     assert again.step == 2

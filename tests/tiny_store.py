@@ -35,12 +35,12 @@ def synthetic_slice(rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, -1024, 3000).astype(np.int16)
 
 
-def make_store(root: Path, n_scans: int = 20, levels: int = 4, seed: int = 0) -> Path:
-    """Write `root/slices/part.parquet` (n_scans * levels rows) and return `root`."""
+def make_store(root: Path, n_scans: int = 20, levels: int = 4, seed: int = 0, parts: int = 1, first: int = 0) -> Path:
+    """Write `root/slices/part*.parquet` (n_scans * levels rows in `parts` files) and return `root`."""
     rng = np.random.default_rng(seed)
     schema = arrow_schema("slices")
     rows = {f.name: [] for f in schema}
-    for s in range(n_scans):
+    for s in range(first, first + n_scans):
         scan = f"sub-{s:03d}"
         for lv in range(20, 20 + levels):
             digest = hashlib.sha256(f"{scan}/{lv}".encode()).digest()
@@ -59,5 +59,9 @@ def make_store(root: Path, n_scans: int = 20, levels: int = 4, seed: int = 0) ->
             rows["image"].append(synthetic_slice(rng).ravel().tolist())
     table = pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in schema}, schema=schema)
     (root / "slices").mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, root / "slices" / "part.parquet")
+    if parts == 1:
+        pq.write_table(table, root / "slices" / "part.parquet")
+        return root
+    for i, chunk in enumerate(np.array_split(np.arange(table.num_rows), parts)):
+        pq.write_table(table.take(chunk), root / "slices" / f"part-{i:03d}.parquet")
     return root

@@ -40,9 +40,11 @@ import pyarrow as pa
 from .. import catalog
 from ..catalog import ErrorRow
 from ..errors import InputError, LatentstoreError, StoreError
+from ..progress import Bar
 from ..levels import NAMES, ORDER, level_name
 from ..schema import arrow_schema
-from ..store import Store, part_name, patient_key, slice_id
+from ..result import Result
+from ..store import Store, connect, part_name, patient_key, slice_id
 from . import SlicingConfig, cut_slices, load_scan, scan_archive
 
 IMAGE_PX = 9216  # the schema's image column is SMALLINT[9216]: 96 x 96
@@ -50,12 +52,13 @@ ERROR_FLUSH_S = 5.0  # errors reach the catalog at least this often, so a killed
 
 
 @dataclass
-class IngestSummary:
+class IngestSummary(Result):
     """What one ingest run did; `to_dict()` is the `--json` output."""
 
     run_id: str
     archive: str
     store: str
+    files_rejected: int = 0  # files in the archive that are no usable scan input (not CT, unreadable, ...)
     scans_seen: int = 0
     scans_ingested: int = 0
     scans_skipped: int = 0  # already published by an earlier run
@@ -75,10 +78,13 @@ class IngestSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __rich__(self):
+        return summary_table(self)
+
 
 def ingest(
+    store: "Store | str | os.PathLike | None",
     archive: str | os.PathLike,
-    store: str | os.PathLike | None = None,
     address: str | None = None,
     workers: int | None = None,
     slicing: "SlicingConfig | None" = None,
@@ -87,14 +93,15 @@ def ingest(
     """Ingest every scan of `archive` into `store`'s `slices/` dataset; return the run's summary.
 
     Args:
+        store: the store (`latentstore.connect(...)`; a folder or URI is opened here).
         archive: folder with NIfTI (VerSe layout) and/or DICOM scans and their centroid files.
-        store: store folder or URI (default: `$LATENTSTORE_STORE`, else `./latentstore-store`).
         address: Ray cluster address; None uses `$RAY_ADDRESS`, else starts a local Ray.
         workers: scans processed at once (default: the local Ray's / the cluster's CPUs).
         slicing: how slices are cut (default `SlicingConfig()`: 96 x 96 px of 1 mm).
         progress: show a progress bar on stderr.
 
-    Rejected inputs do not raise: they are counted in the summary and recorded in `errors`.
+    Rejected inputs do not raise: they are counted in the summary and recorded in `errors`. An archive
+    without a single scan raises `InputError` before anything is written (no store is created).
     """
     slicing = slicing or SlicingConfig()
     if slicing.size * slicing.size != IMAGE_PX:
@@ -104,8 +111,13 @@ def ingest(
     root = Path(archive).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"archive {archive} is not a folder")
-    st = Store(store)
     t0 = time.monotonic()
+    sources, scan_errors = scan_archive(root)
+    if not sources:
+        reasons = Counter(reason_key(e.stage, e.reason) for e in scan_errors)
+        why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(5)) or "the folder holds no files"
+        raise InputError(f"no usable CT scan in {archive} ({why}); nothing was written")
+    st = connect(store)
     with st.lock("ingest"):
         _check_one_slicing(st, slicing)
         salt = st.salt()
@@ -115,20 +127,20 @@ def ingest(
         summary = IngestSummary(run_id=run_id, archive=str(root), store=st.root)
         errors = _ErrorSink(st, run_id, summary, root)
         try:
-            summary.staging_dropped = st.clear_staging()
-            sources, scan_errors = scan_archive(root)
+            summary.staging_dropped = st.slices.clear_staging()
+            summary.files_rejected = len(scan_errors)
             for e in scan_errors:
                 errors.add(ErrorRow(_relative(e.source, root), e.stage, e.reason, scan_id=e.scan_id, level=e.level))
             summary.scans_seen = len(sources)
             keys = {s.scan_id: patient_key(s.patient, salt) for s in sources}
             del salt  # the salt stays in the driver; tasks get finished keys only
             _run(sources, keys, slicing, st, run_id, root, address, workers, progress, summary, errors)
-        except BaseException:
-            summary.status = "failed"
+        except BaseException as e:
+            summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             summary.seconds = round(time.monotonic() - t0, 3)
             _finish_quietly(st, run_id, errors, summary)
             raise
-        st.clear_staging(run_id)  # empty by now unless a publish failed; its leftovers are not needed
+        st.slices.clear_staging(run_id)  # empty by now unless a publish failed; its leftovers are not needed
         summary.status = "ok" if summary.clean else "partial"
         summary.seconds = round(time.monotonic() - t0, 3)
         errors.flush()
@@ -141,10 +153,10 @@ def _check_one_slicing(st: Store, slicing: "SlicingConfig") -> None:
     training and search would see both copies. Another config needs another store."""
     import pyarrow.parquet as pq
 
-    parts = st.published_parts()
+    parts = st.slices.parts()
     if not parts:
         return
-    with st.fs.open_input_file(st.path("slices", parts[0])) as f:
+    with st.fs.open_input_file(st.slices.part_path(parts[0])) as f:
         stored = pq.read_table(f, columns=["slicing_hash", "slicing"]).slice(0, 1).to_pylist()
     if stored and stored[0]["slicing_hash"] != slicing.hash:
         raise InputError(
@@ -168,50 +180,29 @@ def _run(sources, keys, slicing, st: Store, run_id: str, root: Path, address, wo
 def _submit_all(todo, keys, slicing, st: Store, run_id, root, address, workers, published_here, summary, errors, bar) -> None:
     import ray
 
-    started_ray = _init_ray(address, workers)
-    pending: dict[Any, Any] = {}
-    try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+    from .. import cluster
+
+    with cluster.session(address, num_cpus=workers) as started:
+        cpus = int(cluster.resources()["CPU"]) or 1
         # With our own local Ray, Ray caps the running tasks at `workers` CPUs and one more task per
         # CPU waits ready; on a shared cluster `--workers` itself is the cap.
-        limit = 2 * cpus if (started_ray or workers is None) else workers
-        task = ray.remote(num_cpus=1, max_retries=1)(ingest_scan)
-        queue = iter(todo)
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < limit:
-                src = next(queue, None)
-                if src is None:
-                    exhausted = True
-                    break
-                # The raw patient identifier stays in the driver: tasks get the source without it.
-                bare = dataclasses.replace(src, patient="")
-                pending[task.remote(bare, keys[src.scan_id], slicing, st.root, run_id, str(root))] = src
-            if not pending:
-                break
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                src = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as e:
-                    # A worker that died (out of memory, segfault in a decoder) takes one scan with it.
-                    result = _error(src, root, "worker", f"worker failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-                _handle(result, src, st, run_id, published_here, summary, errors)
-                bar.advance(summary)
-                errors.maybe_flush()
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-        if started_ray:
-            ray.shutdown()
+        limit = 2 * cpus if (started or workers is None) else workers
+        # The raw patient identifier stays in the driver: tasks get the source without it.
+        args = lambda src: (dataclasses.replace(src, patient=""), keys[src.scan_id], slicing, st.root, run_id, str(root))  # noqa: E731
+        for src, result in cluster.task_pool(ingest_scan, todo, args, limit):
+            if isinstance(result, ray.exceptions.RayError):
+                # A worker that died (out of memory, segfault in a decoder) takes one scan with it.
+                result = _error(src, root, "worker", f"worker failed: {type(result).__name__}: {str(result).splitlines()[0][:300]}")
+            _handle(result, src, st, run_id, published_here, summary, errors)
+            bar.advance(summary)
+            errors.maybe_flush()
 
 
 def _new_scans(sources, slicing, st: Store, root: Path, published_here: dict, summary, errors, bar):
     """The scans that need a task, in archive order. A scan whose content hash the scanner already
     knows is skipped here when its part is published, and rejected as a duplicate when an earlier scan
     of this run has the same bytes (the first one in archive order is kept, so reruns agree)."""
-    published = set(st.published_parts())
+    published = set(st.slices.parts())
     for src in sources:
         if not src.content_hash:
             yield src  # the task hashes it; duplicates are then caught as results arrive
@@ -243,17 +234,17 @@ def _handle(result: dict, src, st: Store, run_id: str, published_here: dict, sum
         summary.scans_rejected += 1
         errors.add(ErrorRow(source, "publish", f"duplicate: same content as scan {first}", scan_id=src.scan_id))
         if kind == "staged":
-            st.discard_staged(run_id, part)
+            st.slices.discard_staged(run_id, part)
         return
     if kind == "skipped":
         summary.scans_skipped += 1
         return
     try:
-        fresh = st.publish(run_id, part)
+        fresh = st.slices.publish(run_id, part)
     except OSError as e:
         summary.scans_rejected += 1
         errors.add(ErrorRow(source, "publish", f"cannot publish part: {e}", scan_id=src.scan_id))
-        st.discard_staged(run_id, part)
+        st.slices.discard_staged(run_id, part)
         return
     if not fresh:
         summary.scans_skipped += 1  # the same content was published between the task's check and now
@@ -283,7 +274,7 @@ def ingest_scan(src, patient_key_: str, slicing, store_root: str, run_id: str, a
             return _error(src, root, "read", f"cannot read: {e.strerror or e}")
     part = part_name(content_hash, slicing.hash)
     st = Store(store_root)
-    if st.has_part(part):  # the driver checked already, unless the scanner left the hash to us
+    if st.slices.has_part(part):  # the driver checked already, unless the scanner left the hash to us
         return {"kind": "skipped", "part": part, "source": source}
     try:
         vol = load_scan(src)
@@ -302,7 +293,7 @@ def ingest_scan(src, patient_key_: str, slicing, store_root: str, run_id: str, a
         return _error(src, root, "cut", f"no vertebra could be cut ({why})")
     table = slices_table(src, source, content_hash, patient_key_, vol, cuts, slicing)
     try:
-        st.write_staged(table, run_id, part)
+        st.slices.write_staged(table, run_id, part)
     except OSError as e:
         return _error(src, root, "write", f"cannot write staged part: {e}")
     return {"kind": "staged", "part": part, "source": source, "rows": table.num_rows, "rejected_levels": [(int(lv), _scrub(str(r), root)) for lv, r in rejected]}
@@ -386,33 +377,6 @@ def _scrub(reason: str, root: Path) -> str:
 # -- driver helpers -------------------------------------------------------------------------------------
 
 
-def _init_ray(address: str | None, workers: int | None) -> bool:
-    """Connect to `address` / `$RAY_ADDRESS`, or start a local Ray with `workers` CPUs (default: all).
-    Returns True when this call started Ray (and so must shut it down); an already initialised Ray is
-    reused as it is (tests, notebooks, `ray job submit` drivers)."""
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(
-                num_cpus=workers or os.cpu_count() or 1,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                # Tasks exchange only small dicts; a small object store keeps the run's memory small.
-                object_store_memory=256 * 1024**2,
-            )
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise StoreError(f"cannot start or reach Ray ({address or 'local'}): {e}") from None
-    return True
-
-
 class _ErrorSink:
     """Buffers error rows and writes them to the catalog in batches (one short catalog lock each)."""
 
@@ -455,7 +419,7 @@ def reason_key(stage: str, reason: str) -> str:
 
 
 def _counts(summary: IngestSummary) -> dict:
-    keep = ("scans_seen", "scans_ingested", "scans_skipped", "scans_rejected", "slices_written", "levels_rejected", "errors", "errors_by_reason", "seconds")
+    keep = ("files_rejected", "scans_seen", "scans_ingested", "scans_skipped", "scans_rejected", "slices_written", "levels_rejected", "errors", "errors_by_reason", "seconds")
     return {k: getattr(summary, k) for k in keep}
 
 
@@ -463,36 +427,20 @@ def _finish_quietly(st: Store, run_id: str, errors: _ErrorSink, summary: IngestS
     # The run is failing already; keep what it learned, but let its own exception be the one shown.
     try:
         errors.flush()
-        catalog.finish_run(st, run_id, "failed", _counts(summary))
+        catalog.finish_run(st, run_id, summary.status, _counts(summary))
     except Exception:
         pass
 
 
-class _Progress:
-    """A rich progress bar on stderr (nothing when disabled), so `--json` on stdout stays clean."""
+class _Progress(Bar):
+    """The ingest bar: scans, with slices written, skipped and errors so far."""
 
     def __init__(self, enabled: bool, total: int):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        super().__init__("ingest", total, "scans", enabled=enabled)
+        self.__enter__()
 
-            self.bar = Progress(
-                TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("scans"),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )  # fmt: skip
-            self.task = self.bar.add_task("ingest", total=total, info="")
-            self.bar.start()
-
-    def advance(self, s: IngestSummary) -> None:
-        if self.bar is not None:
-            info = f"{s.slices_written} slices, {s.scans_skipped} skipped, {s.errors} errors"
-            self.bar.update(self.task, advance=1, info=info)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    def advance(self, s: IngestSummary) -> None:  # type: ignore[override]
+        super().advance(1, info=f"{s.slices_written} slices, {s.scans_skipped} skipped, {s.errors} errors")
 
 
 def summary_table(s: IngestSummary):
@@ -505,7 +453,7 @@ def summary_table(s: IngestSummary):
     table.add_column(style="bold", min_width=32)
     table.add_column(justify="right")
     for label, value in [
-        ("scans seen", s.scans_seen), ("scans ingested", s.scans_ingested), ("scans skipped (already stored)", s.scans_skipped),
+        ("files rejected (no scan)", s.files_rejected), ("scans seen", s.scans_seen), ("scans ingested", s.scans_ingested), ("scans skipped (already stored)", s.scans_skipped),
         ("scans rejected", s.scans_rejected), ("slices written", s.slices_written), ("vertebrae rejected", s.levels_rejected),
         ("error records", s.errors),
     ]:  # fmt: skip

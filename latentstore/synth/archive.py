@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
+from ..progress import Bar
 from ..levels import level_range
 from .config import FORMAT_VERSION, SynthConfig, parse_prevalence
 from .dicom import write_dicom
@@ -84,16 +85,14 @@ def synth_archive(
     grades, shapes, previews = Counter(), Counter(), []
     start = time.perf_counter()
     try:
-        with _results(cfg, out, splits, workers) as results, _progress(progress) as bar:
-            task = bar.add_task("synth", total=cfg.patients) if bar else None
+        with _results(cfg, out, splits, workers) as results, Bar("synth", cfg.patients, "patients", enabled=progress) as bar:
             for result in results:
                 tables.add(result["gt"], result["scan"])
                 grades.update(f"G{r['grade']}" for r in result["gt"])
                 shapes.update(r["shape"] for r in result["gt"] if r["grade"])
                 if result["preview"]:
                     previews.append(Path(result["preview"]))
-                if bar:
-                    bar.advance(task)
+                bar.advance()
     finally:
         tables.close()
     sheets = contact_sheets(out, previews, f"latentstore synth seed {cfg.seed}") if cfg.sheet else []
@@ -203,22 +202,3 @@ Every parameter is in `manifest.json`; the same seed and parameters make the sam
 
 Column definitions: `latentstore/synth/write.py`; DICOM and sidecar: `latentstore/synth/dicom.py`.
 """)
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("patients"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-
