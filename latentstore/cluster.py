@@ -66,11 +66,13 @@ def session(address: str | None = None, num_cpus: int | None = None, num_gpus: i
 
 
 def resources() -> dict[str, float]:
-    """The cluster's total CPU and GPU count (Ray must be initialised)."""
+    """The cluster's total CPU and GPU count, and the most CPUs on one node (Ray must be initialised)."""
     import ray
 
     total = ray.cluster_resources()
-    return {"CPU": float(total.get("CPU", 0)), "GPU": float(total.get("GPU", 0))}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return {"CPU": float(total.get("CPU", 0)), "GPU": float(total.get("GPU", 0)),
+            "node_CPU": max((float(n.get("CPU", 0)) for n in nodes), default=float(total.get("CPU", 0)))}
 
 
 def task_pool(fn: Callable, items: Iterable[Any], args: Callable[[Any], tuple], limit: int,
@@ -114,7 +116,7 @@ READ_CPUS = 0.25  # logical CPUs per Parquet read task: reading int16 slices is 
 READ_RESERVE = 1.0  # logical CPUs CPU actors leave to the read and listing tasks (which ask for 1 CPU)
 
 
-def actor_pool(n_gpus: int, n_cpus: float, actors: int | None = None) -> dict[str, Any]:
+def actor_pool(n_gpus: int, n_cpus: float, actors: int | None = None, node_cpus: float | None = None) -> dict[str, Any]:
     """How to place a model's actors for `map_batches`.
 
     With GPUs: one actor per GPU (`num_gpus=1`; Ray gives each its own `CUDA_VISIBLE_DEVICES`). Without:
@@ -126,11 +128,15 @@ def actor_pool(n_gpus: int, n_cpus: float, actors: int | None = None) -> dict[st
 
     if n_gpus >= 1:
         size = min(actors or int(n_gpus), int(n_gpus))
-        return {"compute": ActorPoolStrategy(size=size), "num_gpus": 1, "num_cpus": 1, "size": size, "threads": 1}
+        # num_cpus left to Ray's default: giving both is "experimental" in Ray Data 2.60
+        return {"compute": ActorPoolStrategy(size=size), "num_gpus": 1, "num_cpus": None, "size": size, "threads": 1}
+    node_cpus = n_cpus if node_cpus is None else node_cpus
     usable = n_cpus - READ_RESERVE
     actors = actors or 1
     if usable <= 0 or actors > max(1, int(n_cpus)):
         raise StoreError(f"{actors} CPU actor(s) need at least {actors} CPUs plus {READ_RESERVE} for the reads; "
                          f"the cluster has {n_cpus:g}")
-    return {"compute": ActorPoolStrategy(size=actors), "num_gpus": 0, "num_cpus": round(usable / actors, 3),
-            "size": actors, "threads": max(1, int(n_cpus // actors))}
+    # An actor must fit on one node (a bigger request is infeasible and Ray would wait for ever).
+    per_actor = min(usable / actors, max(node_cpus - READ_RESERVE, node_cpus / 2))
+    return {"compute": ActorPoolStrategy(size=actors), "num_gpus": 0, "num_cpus": round(per_actor, 3),
+            "size": actors, "threads": max(1, int(min(n_cpus, node_cpus) // actors))}

@@ -37,6 +37,7 @@ from .store import Store, connect
 
 FILE_ROWS = 65536  # latent rows per part file: one row group of 128 MiB of z_sem (DESIGN: 16k-64k rows)
 DEFAULT_BATCH = 64
+BATCHES_PER_BLOCK = 4  # rows per Ray block = 4 actor batches: work spreads over the actors, overhead stays small
 ACTOR_COLUMN = "_actor"  # per row, where it was encoded (JSON); the driver counts it and drops it
 
 
@@ -256,7 +257,7 @@ def _encode(st: Store, meta, latents, run_id: str, address, batch_size: int, act
         import ray.data
 
         res = cluster.resources()
-        pool = cluster.actor_pool(int(res["GPU"]), res["CPU"], actors)
+        pool = cluster.actor_pool(int(res["GPU"]), res["CPU"], actors, node_cpus=res["node_CPU"])
         summary.actors, summary.device = pool["size"], "cuda" if pool["num_gpus"] else "cpu"
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts slices; Ray's per-operator bars would interleave
@@ -266,6 +267,9 @@ def _encode(st: Store, meta, latents, run_id: str, address, batch_size: int, act
         ds = ray.data.read_parquet(todo, filesystem=st.fs, num_cpus=cluster.READ_CPUS).select_columns(["slice_id", "image"])
         if len(partial):
             ds = ds.map_batches(_SkipEncoded(partial), batch_format="pyarrow", num_cpus=cluster.READ_CPUS)
+        # An actor task takes a whole block; the reader merges small slice parts (one per scan) into few big
+        # blocks, which would leave all but one actor idle. Streaming repartition: blocks of a few batches.
+        ds = ds.repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
         ds = ds.map_batches(
             Encoder,
             fn_constructor_kwargs={"model_dir": str(meta.path), "threads": None if pool["num_gpus"] else pool["threads"]},

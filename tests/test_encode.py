@@ -137,3 +137,5 @@ def test_actor_pool_placement_rules():
     assert two["threads"] == 1 and 2 * two["num_cpus"] <= 1  # a CPU is left to the reads
     with pytest.raises(StoreError, match="need at least"):
         actor_pool(n_gpus=0, n_cpus=1)
+    spread = actor_pool(n_gpus=0, n_cpus=8, node_cpus=2)  # four 2-CPU nodes: an actor must fit on one
+    assert spread["num_cpus"] <= 1 and spread["threads"] == 2
