@@ -131,6 +131,8 @@ def _refresh_views(con, store: Store) -> None:
     glob. Listing a big dataset on every write would be slow, so a view that already globs this store's
     folder is left alone (it also follows the store when the folder was moved).
     """
+    if not store.local:
+        return  # DuckDB cannot glob an object store offline (no httpfs): `sql` registers Arrow datasets instead
     for name, spec in DATASETS.items():
         view = dataset_view_sql(store, name)
         current = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()

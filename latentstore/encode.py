@@ -207,7 +207,7 @@ def _finish(st: Store, summary: EncodeSummary, t0: float) -> None:
             raise
 
 
-def _todo(st: Store, done: np.ndarray, summary: EncodeSummary) -> tuple[list[str], np.ndarray]:
+def _todo(st: Store, done: np.ndarray, summary: EncodeSummary) -> tuple[list[tuple[str, int]], np.ndarray]:
     """The slice part files holding slices without a latent, and the ids among them already encoded (a part
     half-covered by the published files of an earlier, killed run)."""
     slices = st.slices
@@ -224,21 +224,30 @@ def _todo(st: Store, done: np.ndarray, summary: EncodeSummary) -> tuple[list[str
         have = [i for i in ids.tolist() if i in done_set]
         summary.already_encoded += len(have)
         if len(have) < len(ids):
-            todo.append(path)
+            todo.append((path, len(ids) - len(have)))
             partial.extend(have)
     return todo, np.asarray(partial, np.int64)
 
 
-class _SkipEncoded:
-    """Drops rows whose slice id is in `ids` (plain function object, shipped to the read tasks)."""
+class ReadParts:
+    """Read tasks: a group of slice part files -> their `slice_id`, `image` rows, without the ids in `skip`
+    (slices a killed run already published). Ray Data's own `read_parquet` pays ~80 ms per file, and a
+    store holds one small file per scan; pyarrow reads a group of them in one task at disk speed."""
 
-    def __init__(self, ids: np.ndarray):
-        self.ids = pa.array(ids, pa.int64())
+    def __init__(self, fs, skip: np.ndarray):
+        self.fs, self.skip = fs, pa.array(skip, pa.int64())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow.compute as pc
 
-        return batch.filter(pc.invert(pc.is_in(batch.column("slice_id"), value_set=self.ids)))
+        tables = []
+        for path in batch.column("path").to_pylist():
+            with self.fs.open_input_file(path) as f:
+                tables.append(pq.read_table(f, columns=["slice_id", "image"]))
+        table = pa.concat_tables(tables)
+        if len(self.skip):
+            table = table.filter(pc.invert(pc.is_in(table.column("slice_id"), value_set=self.skip)))
+        return table
 
 
 def _encode(st: Store, meta, latents, run_id: str, address, batch_size: int, actors, progress: bool,
@@ -264,12 +273,11 @@ def _encode(st: Store, meta, latents, run_id: str, address, batch_size: int, act
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ds = ray.data.read_parquet(todo, filesystem=st.fs, num_cpus=cluster.READ_CPUS).select_columns(["slice_id", "image"])
-        if len(partial):
-            ds = ds.map_batches(_SkipEncoded(partial), batch_format="pyarrow", num_cpus=cluster.READ_CPUS)
-        # An actor task takes a whole block; the reader merges small slice parts (one per scan) into few big
-        # blocks, which would leave all but one actor idle. Streaming repartition: blocks of a few batches.
-        ds = ds.repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
+        # One block per group of part files, a few actor batches each: an actor task takes a whole block, so
+        # small blocks spread the work over the actors and let results stream back early.
+        blocks = min(len(todo), max(1, -(-remaining // (batch_size * BATCHES_PER_BLOCK))))
+        ds = ray.data.from_items([{"path": path} for path, _ in todo], override_num_blocks=blocks)
+        ds = ds.map_batches(ReadParts(st.fs, partial), batch_size=None, batch_format="pyarrow", num_cpus=cluster.READ_CPUS)
         ds = ds.map_batches(
             Encoder,
             fn_constructor_kwargs={"model_dir": str(meta.path), "threads": None if pool["num_gpus"] else pool["threads"]},

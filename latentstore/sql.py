@@ -35,6 +35,8 @@ def query(store: Store, sql: str) -> pa.Table:
         raise InputError("latentstore sql runs SELECT queries only (the catalog is read-only)")
     con = reader(store)
     try:
+        if not store.local:
+            register_datasets(con, store)
         dirs = ", ".join("'" + store.path(d).rstrip("/").replace("'", "''") + "/'" for d in DATASETS)
         con.execute(f"SET allowed_directories = [{dirs}]")
         con.execute("SET enable_external_access = false")
@@ -44,6 +46,27 @@ def query(store: Store, sql: str) -> pa.Table:
         raise InputError(f"query failed: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
+
+
+def register_datasets(con, store: Store) -> None:
+    """Views `slices` and `latents` (with `model_id`) over the published parts of an object-store store, as
+    Arrow datasets DuckDB scans through pyarrow's filesystem (DuckDB's own httpfs would need a download)."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from .catalog import _empty_select
+
+    con.register("slices", store.slices.arrow() if store.slices.parts() else con.sql(_empty_select("slices")).arrow())
+    if any(store.latents(m).parts() for m in store.latent_models()):
+        from .schema import arrow_schema
+
+        schema = arrow_schema("latents").append(pa.field("model_id", pa.string()))
+        hive = pads.partitioning(pa.schema([("model_id", pa.string())]), flavor="hive")
+        # `_staging/` folders are skipped by the dataset's default ignore prefixes ("_", ".")
+        con.register("latents", pads.dataset(store.path("latents"), filesystem=store.fs, format="parquet",
+                                             partitioning=hive, schema=schema))
+    else:
+        con.register("latents", con.sql(_empty_select("latents", "model_id")).arrow())
 
 
 def render(table: pa.Table, fmt: str) -> str:

@@ -39,6 +39,7 @@ from .errors import StoreError
 ENV_VAR = "LATENTSTORE_STORE"
 DEFAULT_STORE = "./latentstore-store"
 SALT_ENV = "LATENTSTORE_SALT"
+CONTROL_ENV = "LATENTSTORE_CONTROL"
 
 SLICES = "slices"
 LATENTS = "latents"
@@ -274,13 +275,14 @@ class Store:
         root: a folder or URI; resolved with `resolve_store` (None means the default store).
     """
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, control: str | os.PathLike | None = None):
         self.root = resolve_store(root)
         try:
             self.fs, self.base = pafs.FileSystem.from_uri(self.root if "://" in self.root else Path(self.root).as_uri())
         except (pa.ArrowInvalid, OSError) as e:
             raise StoreError(f"cannot open store {self.root}: {e}") from None
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.control = Path(self.base) if self.local else control_folder(self.root, control)
         self.models = Models(self)
 
     def __repr__(self) -> str:
@@ -291,13 +293,10 @@ class Store:
         return "/".join([self.base.rstrip("/"), *parts])
 
     def local_path(self, *parts: str) -> Path:
-        """A local path inside the store; the catalog, locks and the salt file need one."""
-        if not self.local:
-            raise StoreError(
-                f"{self.root}: the catalog, locks and salt need a local or mounted store folder; "
-                "object-store URIs serve Parquet only so far"
-            )
-        return Path(self.path(*parts))
+        """A path in the store's control folder: the catalog, locks, salt, models, runs and pictures, which
+        need a POSIX filesystem (DuckDB's one-writer file, fcntl locks, renames). For a local store that is
+        the store folder itself; for an object store see `control_folder`."""
+        return self.control.joinpath(*parts)
 
     def exists(self) -> bool:
         """True when the store has been written to (it has a catalog, slices or models)."""
@@ -429,7 +428,23 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def connect(path_or_uri: str | os.PathLike | None = None) -> Store:
+def control_folder(uri: str, control: str | os.PathLike | None = None) -> Path:
+    """Where an object-store store keeps what needs a POSIX filesystem (catalog.duckdb, locks, salt, models/,
+    runs/, pictures/): `control`, else `$LATENTSTORE_CONTROL`, else `~/.latentstore/control/<hash of the URI>`.
+
+    The Parquet datasets live in the bucket, where every Ray worker reads and writes them; only the driver
+    touches the control folder. One machine's default is enough for one driver at a time; drivers on
+    several machines must share one control folder (a mounted volume), or each would keep its own catalog
+    and salt, and patient keys would not match.
+    """
+    if control or os.environ.get(CONTROL_ENV):
+        return Path(control or os.environ[CONTROL_ENV]).expanduser().resolve()
+    bare = uri.split("?", 1)[0]  # endpoint and region options do not name another store
+    return Path("~/.latentstore/control").expanduser() / hashlib.sha256(bare.encode()).hexdigest()[:16]
+
+
+def connect(path_or_uri: str | os.PathLike | None = None, control: str | os.PathLike | None = None) -> Store:
     """Open a store (a folder or `s3://bucket/prefix`; default `$LATENTSTORE_STORE`, else
-    `./latentstore-store`), as `duckdb.connect` opens a database. Nothing is written until a stage writes."""
-    return path_or_uri if isinstance(path_or_uri, Store) else Store(path_or_uri)
+    `./latentstore-store`), as `duckdb.connect` opens a database. Nothing is written until a stage writes.
+    `control`: for an object store, the local folder of its catalog, locks and salt (`control_folder`)."""
+    return path_or_uri if isinstance(path_or_uri, Store) else Store(path_or_uri, control)

@@ -132,10 +132,10 @@ def test_actor_pool_placement_rules():
     gpu = actor_pool(n_gpus=4, n_cpus=16)
     assert (gpu["size"], gpu["num_gpus"]) == (4, 1)
     cpu = actor_pool(n_gpus=0, n_cpus=2)
-    assert (cpu["size"], cpu["num_gpus"], cpu["threads"]) == (1, 0, 2) and cpu["num_cpus"] <= 1
-    two = actor_pool(n_gpus=0, n_cpus=2, actors=2)
-    assert two["threads"] == 1 and 2 * two["num_cpus"] <= 1  # a CPU is left to the reads
+    assert (cpu["size"], cpu["num_gpus"], cpu["threads"]) == (2, 0, 1) and 2 * cpu["num_cpus"] <= 1  # a CPU left to reads
+    one = actor_pool(n_gpus=0, n_cpus=2, actors=1)
+    assert one["threads"] == 2 and one["num_cpus"] <= 1
     with pytest.raises(StoreError, match="need at least"):
-        actor_pool(n_gpus=0, n_cpus=1)
-    spread = actor_pool(n_gpus=0, n_cpus=8, node_cpus=2)  # four 2-CPU nodes: an actor must fit on one
+        actor_pool(n_gpus=0, n_cpus=1, actors=1)
+    spread = actor_pool(n_gpus=0, n_cpus=8, node_cpus=2, actors=1)  # four 2-CPU nodes: an actor fits on one
     assert spread["num_cpus"] <= 1 and spread["threads"] == 2

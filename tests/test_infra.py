@@ -46,3 +46,20 @@ def test_dockerfile_installs_the_package_and_its_schemas():
         assert re.search(rf"^COPY .*\b{copied}\b", text, re.M), copied
         assert (ROOT / copied).exists()
     assert 'ENTRYPOINT ["latentstore"]' in text
+
+
+def test_jobs_are_the_cli_commands_and_manifests_pass_options_they_accept():
+    group = typer.main.get_command(app)
+    for job in sorted((ROOT / "jobs").glob("[!_]*.py")):
+        command = re.search(r'run\("(\w+)"\)', job.read_text()).group(1)
+        assert command == job.stem and command in group.commands, job  # a job is its CLI command
+    for path, docs in _docs():
+        for doc in docs:
+            if doc["kind"] != "RayJob":
+                continue
+            args = doc["spec"]["entrypoint"].split()
+            script = Path(args[1]).stem
+            ctx = group.commands[script].make_context(script, args[2:])  # raises on an unknown option
+            assert ctx.params["store"] == "/data/store", path
+            submitted = doc["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["command"]
+            assert submitted[submitted.index("--") + 1 :] == args, path  # the submitter runs the same entry point
