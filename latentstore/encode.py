@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from . import catalog
 from .errors import InputError, StoreError
 from .result import Result
+from .schema import SLICE_PX
 from .store import Store, connect
 
 FILE_ROWS = 65536  # latent rows per part file: one row group of 128 MiB of z_sem (DESIGN: 16k-64k rows)
@@ -110,7 +111,7 @@ class Encoder:
         ids = batch.column("slice_id").combine_chunks()
         images = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         n = len(ids)
-        x = self.model.preprocess.to_model(images.reshape(n, 96, 96)).to(self.device)
+        x = self.model.preprocess.to_model(images.reshape(n, SLICE_PX, SLICE_PX)).to(self.device)
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                else torch.autocast("cpu", enabled=False))
         with torch.inference_mode(), amp:

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .schema import SLICE_PX
 
 # The CT window, in HU, of every picture and (as `Preprocess`'s default) of the model input: cortex and
 # trabecular bone apart, soft tissue dark grey.
 WINDOW_HU = (-500.0, 1300.0)
-SIZE = 96
 ZOOM = 2
-TILE = SIZE * ZOOM
+TILE = SLICE_PX * ZOOM
 LABEL_H = 20
 HEADER_H = 24
 GAP = 6

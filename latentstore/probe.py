@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .result import Report
 from .errors import InputError, StoreError
 from .levels import level_label
+from .result import Report
+from .schema import SLICE_PX
 
 # Inverse regularisation strengths searched per classifier (squared hinge needs ~10x less C than logistic
 # for the same margin; beyond these the probes only overfit 512 standardised dimensions).
@@ -117,7 +118,7 @@ def probe_data(store, labels: str | Path) -> ProbeData:
                          "(matched on scan and level); a probe needs at least 20")
     idx = np.flatnonzero(keep)
     image = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    images = image.astype(np.int16, copy=False).reshape(-1, 96, 96)[idx]
+    images = image.astype(np.int16, copy=False).reshape(-1, SLICE_PX, SLICE_PX)[idx]
     return ProbeData(
         images=images,
         slice_id=table.column("slice_id").to_numpy()[idx],

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+# The one name of the stored slice size: `slices.image` is SMALLINT[IMAGE_PX], a row-major SLICE_PX^2 grid of 1 mm.
+SLICE_PX = 96
+IMAGE_PX = SLICE_PX * SLICE_PX
+
 
 def schema_dir() -> Path:
     """`schemas/` in a source checkout, `latentstore/_schemas` in an installed wheel."""

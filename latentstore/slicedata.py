@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from .errors import StoreError
 from .pictures import WINDOW_HU
+from .schema import SLICE_PX
 from .store import Store, connect
 
-SLICE_PX = 96  # stored slices are 96x96 pixels of 1 mm
 Split = Literal["train", "holdout", "all"]
 
 

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from .errors import InputError, StoreError
 from .levels import ORDER
-from .pictures import SIZE, picture_path, render_grid
+from .pictures import picture_path, render_grid
+from .schema import SLICE_PX
 from .result import Result
 from .store import connect
 
@@ -87,7 +88,7 @@ def show(
     rank = {label: i for i, label in enumerate(ORDER)}
     rows = table.to_pylist()
     rows.sort(key=lambda r: (r["scan_id"], rank.get(r["level"], 99), r["slice_id"]))
-    images = np.stack([np.asarray(r["image"], dtype=np.int16).reshape(SIZE, SIZE) for r in rows])  # (N, 96, 96) HU
+    images = np.stack([np.asarray(r["image"], dtype=np.int16).reshape(SLICE_PX, SLICE_PX) for r in rows])  # (N, 96, 96) HU
     labels = [r["level_name"] for r in rows]
     scans = sorted({r["scan_id"] for r in rows})
     title = f"{scans[0]}" if len(scans) == 1 else f"{len(scans)} scans"

@@ -42,12 +42,11 @@ from ..catalog import ErrorRow
 from ..errors import InputError, LatentstoreError, StoreError
 from ..progress import Bar
 from ..levels import NAMES, ORDER, level_name
-from ..schema import arrow_schema
+from ..schema import IMAGE_PX, arrow_schema
 from ..result import Result
 from ..store import Store, connect, part_name, patient_key, slice_id
 from . import SlicingConfig, cut_slices, load_scan, scan_archive
 
-IMAGE_PX = 9216  # the schema's image column is SMALLINT[9216]: 96 x 96
 ERROR_FLUSH_S = 5.0  # errors reach the catalog at least this often, so a killed run keeps most of them
 
 

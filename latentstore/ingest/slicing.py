@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..levels import NAMES, ORDER
+from ..schema import SLICE_PX
 
 if TYPE_CHECKING:
     from .load import Volume
@@ -52,7 +53,7 @@ class SlicingConfig:
             hash of old and new slices differ.
     """
 
-    size: int = 96
+    size: int = SLICE_PX
     spacing_mm: float = 1.0
     thickness_mm: float = 1.0
     order: int = 1
