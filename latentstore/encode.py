@@ -276,7 +276,7 @@ def _encode(st: Store, meta, latents, run_id: str, address, batch_size: int, act
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         # One block per group of part files, a few actor batches each: an actor task takes a whole block, so
         # small blocks spread the work over the actors and let results stream back early.
-        blocks = min(len(todo), max(1, -(-remaining // (batch_size * BATCHES_PER_BLOCK))))
+        blocks = min(len(todo), max(pool["size"], -(-remaining // (batch_size * BATCHES_PER_BLOCK))))
         ds = ray.data.from_items([{"path": path} for path, _ in todo], override_num_blocks=blocks)
         ds = ds.map_batches(ReadParts(st.fs, partial), batch_size=None, batch_format="pyarrow", num_cpus=cluster.READ_CPUS)
         ds = ds.map_batches(
