@@ -108,7 +108,6 @@ DATASETS = {
     SLICES: DatasetSpec(SLICES, SLICES_PARQUET),
     LATENTS: DatasetSpec(LATENTS, LATENTS_PARQUET, partition="model_id"),
 }
-PARQUET_OPTIONS = SLICES_PARQUET  # (the name ingest and tests knew)
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -297,10 +296,6 @@ class Store:
         need a POSIX filesystem (DuckDB's one-writer file, fcntl locks, renames). For a local store that is
         the store folder itself; for an object store see `control_folder`."""
         return self.control.joinpath(*parts)
-
-    def exists(self) -> bool:
-        """True when the store has been written to (it has a catalog, slices or models)."""
-        return any(self.fs.get_file_info(self.path(p)).type != pafs.FileType.NotFound for p in ("catalog.duckdb", SLICES, MODELS))
 
     # -- datasets -----------------------------------------------------------------------------------
 
