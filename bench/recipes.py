@@ -42,6 +42,9 @@ RECIPES: dict[str, dict] = {
     # against a decoder that already reads z_sem
     "cpu48-stage2-enc0.1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
                                 init_from="d5d48b315b732aeb"),
+    # stage 3: on from the shipped stage-2 default (192k images), same recipe, fresh optimiser
+    "cpu48-stage3-enc0.1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                                init_from="74587138ca010ec2"),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
@@ -107,7 +110,7 @@ def run_recipe(name: str, args, data) -> list[dict]:
         steps = -(-images // batch)
         cfg = TrainConfig(**over, steps=steps, checkpoint_every=steps, preview_every=0, keep_checkpoints=1)
         t0 = time.process_time()
-        result = train(str, cfg(args.train_store), out=folder / "run", resume=True, progress=False,
+        result = train(str(args.train_store), cfg, out=folder / "run", resume=True, progress=False,
                        register=False, device=args.device)
         last = latest_checkpoint(folder / "run")
         net = DiffusionAutoencoder(model_config)

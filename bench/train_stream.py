@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,7 @@ def make_store(root: Path, n_slices: int, per_part: int = 8) -> Path:
         n = per_part
         ids = rng.integers(0, 2**62, n)
         cols = {
-            "slice_id": ids, "scan_id": [f"s{p}"] * n, "patient_key": [f"k{p}"] * n,
+            "slice_id": ids, "scan_id": [f"s{p}"] * n, "patient_key": [f"k{p}"] * n, "site": ["site-bench"] * n,
             "level": np.arange(n) + 12, "level_name": ["T5"] * n, "source_uri": ["x"] * n, "source_format": ["nifti"] * n,
             "content_hash": [f"{p:064x}"] * n, "centroid_mm": [[0.0, 0.0, 0.0]] * n, "spacing_mm": [[1.0, 1.0, 1.0]] * n,
             "slicing": ["{}"] * n, "slicing_hash": ["0" * 64] * n,

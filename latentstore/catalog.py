@@ -13,6 +13,7 @@ views are refreshed by every writer.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -29,6 +30,12 @@ from .store import DATASETS, Store
 CATALOG = "catalog.duckdb"
 TABLES = ("runs", "errors")
 LOCK_TIMEOUT_S = 120.0
+TIMEOUT_ENV = "LATENTSTORE_CATALOG_TIMEOUT_S"  # how long a writer waits for a busy catalog
+JOURNALS = "journal"  # <store>/journal/<run_id>.jsonl: a run's error rows and end, on disk before the catalog
+
+
+def lock_timeout() -> float:
+    return float(os.environ.get(TIMEOUT_ENV) or LOCK_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -61,12 +68,14 @@ def new_run_id(stage: str) -> str:
 
 
 @contextmanager
-def writer(store: Store, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
+def writer(store: Store, timeout_s: float | None = None) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
     """A read-write connection inside one transaction, under the catalog lock; tables and views exist.
 
-    Commits when the block ends, rolls back when it raises. Waits up to `timeout_s` for another writer
-    (or for a process that holds the file open read-only).
+    Commits when the block ends, rolls back when it raises. Waits up to `timeout_s` (default
+    `$LATENTSTORE_CATALOG_TIMEOUT_S`, else 120 s) for another writer (or for a process that holds the
+    file open read-only).
     """
+    timeout_s = lock_timeout() if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     with store.lock("catalog", timeout_s=timeout_s):
         path = store.local_path(CATALOG)
@@ -79,7 +88,10 @@ def writer(store: Store, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator["duckdb.
             yield con
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - e.g. no transaction after a full disk: keep the real error
+                pass
             raise
         finally:
             con.close()
@@ -120,6 +132,8 @@ def _ensure_tables(con) -> None:
     for table in TABLES:
         if table not in existing:
             con.execute(ddl(table))
+    # Catalogs written before `errors.seq` existed gain the column (NULL for their old rows).
+    con.execute("ALTER TABLE errors ADD COLUMN IF NOT EXISTS seq INTEGER")
 
 
 def _refresh_views(con, store: Store) -> None:
@@ -198,23 +212,116 @@ def close_dead_runs(store: Store, stage: str) -> int:
     return n
 
 
-def record_errors(store: Store, run_id: str, rows: Iterable[ErrorRow]) -> int:
-    """Append error rows for `run_id`; return how many."""
+def record_errors(store: Store, run_id: str, rows: Iterable[ErrorRow], first_seq: int | None = None,
+                  timeout_s: float | None = None) -> int:
+    """Append error rows for `run_id`; return how many were new. With `first_seq`, row i has number
+    `first_seq + i` and rows already stored under the same (run_id, seq) are skipped: loads are exactly once."""
     now = utcnow()
-    values = [[run_id, r.source, r.scan_id, r.level, r.stage, _one_line(r.reason), now] for r in rows]
+    values = [[run_id, r.source, r.scan_id, r.level, r.stage, _one_line(r.reason), now, None if first_seq is None else first_seq + i]
+              for i, r in enumerate(rows)]
+    if not values:
+        return 0
+    with writer(store, timeout_s) as con:
+        return _insert_errors(con, run_id, values)
+
+
+def _insert_errors(con, run_id: str, values: list) -> int:
+    cols = "(run_id, source, scan_id, level, stage, reason, time, seq)"
+    if values[0][7] is not None:
+        have = {r[0] for r in con.execute("SELECT seq FROM errors WHERE run_id = ? AND seq IS NOT NULL", [run_id]).fetchall()}
+        values = [v for v in values if v[7] not in have]
     if values:
-        with writer(store) as con:
-            con.executemany("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+        con.executemany(f"INSERT INTO errors {cols} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
     return len(values)
 
 
-def finish_run(store: Store, run_id: str, status: str, counts: dict) -> None:
+def finish_run(store: Store, run_id: str, status: str, counts: dict, timeout_s: float | None = None) -> None:
     """Record the end of a run (`status`: "ok", "partial" or "failed") and its summary counts."""
-    with writer(store) as con:
+    with writer(store, timeout_s) as con:
         con.execute(
             "UPDATE runs SET finished = ?, status = ?, counts = ? WHERE run_id = ?",
             [utcnow(), status, json.dumps(counts, sort_keys=True, default=str), run_id],
         )
+
+
+class Journal:
+    """A run's error rows and its end, appended to `<store>/journal/<run_id>.jsonl` before they reach the
+    catalog. A killed run, or one whose catalog stayed busy, loses nothing: `apply_journals` loads what
+    the catalog lacks (rows are numbered, so exactly once) at the next run, and removes the file.
+
+    `add` writes through to the OS at once (a SIGKILL of this process loses nothing written); `sync`
+    fsyncs, and is called before a part whose error rows these are is published."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.run_id = run_id
+        self.path = store.local_path(JOURNALS, f"{run_id}.jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self.rows = 0
+
+    def add(self, row: ErrorRow) -> int:
+        seq = self.rows
+        self._f.write(json.dumps({"seq": seq, "time": utcnow().isoformat(), **row.__dict__}) + "\n")
+        self._f.flush()
+        self.rows += 1
+        return seq
+
+    def finish(self, status: str, counts: dict) -> None:
+        self._f.write(json.dumps({"finish": status, "counts": counts, "time": utcnow().isoformat()}, default=str) + "\n")
+        self.sync()
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self, remove: bool = False) -> None:
+        self._f.close()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def read_journal(path: Path) -> tuple[list[dict], dict | None]:
+    """(error rows, finish record or None) of one journal; a torn last line (a kill mid-write) is dropped."""
+    rows, finish = [], None
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "finish" in item:
+            finish = item
+        elif "seq" in item:
+            rows.append(item)
+    return rows, finish
+
+
+def apply_journals(store: Store, stage: str = "ingest", timeout_s: float | None = None) -> int:
+    """Load the journals that runs of `stage` left behind (killed, or their catalog was busy) into the
+    catalog and remove them; return how many error rows were new. Call it while holding the stage's
+    lock, so no live run is writing to them. A run with a finish record gets its status and counts;
+    one without is left for `close_dead_runs` to mark killed."""
+    folder = store.local_path(JOURNALS)
+    if not folder.is_dir():
+        return 0
+    paths = sorted(folder.glob(f"{stage}-*.jsonl"))
+    if not paths:
+        return 0
+    added = 0
+    with writer(store, timeout_s) as con:
+        for path in paths:
+            run_id = path.stem
+            rows, finish = read_journal(path)
+            values = [[run_id, r["source"], r.get("scan_id"), r.get("level"), r["stage"], _one_line(r["reason"]),
+                       datetime.fromisoformat(r["time"]), int(r["seq"])] for r in rows]
+            if values:
+                added += _insert_errors(con, run_id, values)
+            if finish:
+                con.execute("UPDATE runs SET finished = ?, status = ?, counts = ? WHERE run_id = ? AND status = 'running'",
+                            [datetime.fromisoformat(finish["time"]), finish["finish"],
+                             json.dumps(finish["counts"], sort_keys=True, default=str), run_id])
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return added
 
 
 def _one_line(text: str) -> str:

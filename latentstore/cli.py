@@ -51,7 +51,7 @@ class _Group(TyperGroup):
 
 
 SETTINGS = {"help_option_names": ["-h", "--help"]}
-FLOW = ("synth", "ingest", "slices", "train", "encode", "sql", "eval")
+FLOW = ("synth", "ingest", "locate", "slices", "train", "encode", "sql", "eval")
 
 
 def _typer(**kw) -> typer.Typer:
@@ -161,11 +161,13 @@ def ingest(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Scans processed at once (default: all CPUs).")] = None,
     thickness: Annotated[int, typer.Option("--thickness", metavar="MM", help="Sagittal 1 mm planes averaged per slice (odd).")] = 1,
     order: Annotated[int, typer.Option("--order", metavar="K", help="Interpolation order: 0 nearest, 1 linear, 3 cubic.")] = 1,
+    site: Annotated[Optional[str], typer.Option("--site", metavar="NAME", help="The archive's site, part of every patient and scan key (default: derived once per archive).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Cut one 96x96 sagittal slice per vertebra of every new scan in ARCHIVE into the store (Ray tasks).
 
     Reruns add only new scans. Rejected inputs go to the catalog's errors table (exit status 4); the rest is stored.
+    No name or path is stored: scans and files are pseudonyms (`latentstore locate` maps one back).
     """
     from .errors import PartialFailure
     from .ingest import SlicingConfig
@@ -176,7 +178,7 @@ def ingest(
     except ValueError as e:
         raise InputError(f"bad slicing option: {e}") from None
     st = _connect(store)
-    summary = run_ingest(st, archive, address=address, workers=workers, slicing=slicing, progress=not json_out)
+    summary = run_ingest(st, archive, address=address, workers=workers, slicing=slicing, progress=not json_out, site=site)
     encoded = None
     if model is not None:
         from .encode import encode as run_encode
@@ -201,11 +203,34 @@ slices_app = _typer(help="Stored slices.")
 app.add_typer(slices_app, name="slices")
 
 
+@app.command()
+def locate(
+    pseudonym: Annotated[str, typer.Argument(metavar="PSEUDONYM", help="A scan_id (scan-...) or source (file-...) from the store.")],
+    archive: Annotated[Path, typer.Argument(help="The archive it came from.")],
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the file behind a pseudonym by recomputing the pseudonyms of ARCHIVE under the store's salt."""
+    import json
+
+    from .ingest.privacy import locate as run_locate
+
+    found = run_locate(_connect(store), pseudonym, archive)
+    if json_out:
+        print(json.dumps(found, indent=2))
+    elif found:
+        for f in found:
+            what = f"file {f['path']}" if "path" in f else f"scan {f['scan']}"
+            out.print(f"{f['pseudonym']}  {what}  (site {f['site']})", markup=False, highlight=False)
+    if not found:
+        raise InputError(f"no file or scan of {archive} has the pseudonym {pseudonym} under this store's salt and sites")
+
+
 @slices_app.command("show")
 def slices_show(
     slice_id: Annotated[Optional[int], typer.Argument(help="A slice id.")] = None,
-    scan_id: Annotated[Optional[str], typer.Option("--scan-id", metavar="SCAN_ID", help="Show every slice of this scan.")] = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", metavar="PNG", help="PNG path (default: STORE/pictures/slice-<id>.png or scan-<scan_id>.png).")] = None,
+    scan_id: Annotated[Optional[str], typer.Option("--scan-id", metavar="SCAN_ID", help="Show every slice of this scan (its scan_id, or its name in the archive).")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", metavar="PNG", help="PNG path (default: STORE/pictures/slice-<id>.png or <scan_id>.png).")] = None,
     store: StoreOpt = DEFAULT_STORE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -291,6 +316,7 @@ def sql(
     query: Annotated[str, typer.Argument(help='SQL, e.g. "SELECT stage, reason, count(*) FROM errors GROUP BY ALL".')],
     fmt: Annotated[str, typer.Option("--format", metavar="FMT", help="table | csv | json (one array) | jsonl (one object a line).")] = "table",
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Rows shown in the table format.")] = 50,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, metavar="S", help="Interrupt the query after S seconds.")] = 60.0,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """Read-only SQL over the catalog: tables runs, errors; views slices, latents (Parquet)."""
@@ -299,7 +325,7 @@ def sql(
 
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    result = run_query(_connect(store), query)
+    result = run_query(_connect(store), query, timeout_s=timeout)
     if fmt != "table":
         print(render(result, fmt))
         return

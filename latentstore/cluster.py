@@ -46,6 +46,9 @@ def init(address: str | None = None, num_cpus: int | None = None, num_gpus: int 
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
                      logging_level=logging.WARNING, object_store_memory=LOCAL_OBJECT_STORE)
+            from . import reaper
+
+            reaper.start()  # a SIGKILLed driver takes its local Ray with it (reaper.py)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise StoreError(f"cannot start or reach Ray ({address or 'local'}): {e}") from None
     return True

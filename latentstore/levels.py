@@ -46,3 +46,29 @@ def level_range(spec: str) -> list[int]:
     if first not in standard or last not in standard or standard.index(first) > standard.index(last):
         raise InputError(f"--levels {spec!r} is not a superior-to-inferior range of C1..L5")
     return standard[standard.index(first) : standard.index(last) + 1]
+
+
+def strict_label(value) -> int:
+    """A VerSe label number as written in a centroid file: an integer of the table (1-28), or a string
+    or float holding one exactly. Booleans, fractions (20.5) and unknown numbers raise `ValueError`,
+    so a mistyped label can never be rounded onto a neighbouring level."""
+    if isinstance(value, bool):
+        raise ValueError(f"label {value!r} is a boolean, not a VerSe label number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"label {value!r} is not an integer")
+        value = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"label {value!r} is not an integer") from None
+        if not number.is_integer():
+            raise ValueError(f"label {value!r} is not an integer")
+        value = int(number)
+    elif not isinstance(value, int):
+        raise ValueError(f"label {value!r} is not an integer")
+    if value not in NAMES:
+        raise ValueError(f"unknown VerSe label {value} (expected 1-28)")
+    return value

@@ -104,12 +104,15 @@ class ProbeData:
 
 
 def probe_data(store, labels: str | Path) -> ProbeData:
-    """Join the store's slices with the labels file on (scan_id, level)."""
+    """Join the store's slices with the labels file on (scan_id, level): the labels name scans as the
+    archive does, matched to the store's pseudonyms under the store's salt (`privacy.by_scan_id`)."""
+    from .ingest.privacy import by_scan_id
     from .slices import read_slices
+    from .store import connect
 
     table = read_slices(store, columns=["slice_id", "scan_id", "patient_key", "level", "image"])
     table = table.sort_by("slice_id")
-    lab = load_labels(labels)
+    lab = by_scan_id(connect(store), load_labels(labels))
     scans, levels = table.column("scan_id").to_pylist(), table.column("level").to_pylist()
     hit = [lab.get((s, int(lv))) for s, lv in zip(scans, levels)]
     keep = np.array([h is not None for h in hit])

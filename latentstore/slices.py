@@ -37,8 +37,11 @@ def read_slices(
     conditions = []
     if slice_ids is not None:
         conditions.append(pc.field("slice_id").isin(pa.array(slice_ids, pa.int64())))
-    if scan_id is not None:
-        conditions.append(pc.field("scan_id") == scan_id)
+    if scan_id is not None:  # a pseudonym, or the archive's name for it under any of the store's sites
+        from .ingest.privacy import PSEUDONYM, by_scan_id
+
+        ids = [scan_id] if PSEUDONYM.match(scan_id) else sorted(k[0] for k in by_scan_id(st, {(scan_id,): 1}))
+        conditions.append(pc.field("scan_id").isin(pa.array(ids, pa.string())))
     expr = None
     for c in conditions:
         expr = c if expr is None else expr & c
@@ -71,8 +74,8 @@ def show(
     Args:
         store: store folder or URI.
         slice_id: one slice's id.
-        scan: a scan id; all its slices, superior level first.
-        out: PNG path (default `STORE/pictures/slice-<id>.png` or `.../scan-<scan>.png`).
+        scan: a scan id (pseudonym) or the archive's name of the scan; all its slices, superior level first.
+        out: PNG path (default `STORE/pictures/slice-<id>.png` or `.../<scan_id>.png`).
     """
     if out is not None:
         picture_path(None, "", out)  # a bad --out fails before anything is read
@@ -94,7 +97,8 @@ def show(
     title = f"{scans[0]}" if len(scans) == 1 else f"{len(scans)} scans"
     if slice_id is not None:
         title += f"  slice {slice_id}"
-    path = picture_path(connect(store), f"slice-{slice_id}" if slice_id is not None else f"scan-{_safe(scan)}", out)
+    # Named by the pseudonym, never by the name the user typed (it may be a patient's).
+    path = picture_path(connect(store), f"slice-{slice_id}" if slice_id is not None else _safe(scans[0]), out)
     grid = render_grid(images, labels, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 
 import pyarrow as pa
 
@@ -18,7 +19,7 @@ from .store import DATASETS, Store
 FORMATS = ("table", "csv", "json", "jsonl")
 
 
-def query(store: Store, sql: str) -> pa.Table:
+def query(store: Store, sql: str, timeout_s: float | None = 60.0) -> pa.Table:
     """Run `sql` on a read-only connection to the store's catalog and return the result as Arrow.
 
     Read-only covers the catalog file only: DuckDB could still `COPY ... TO` a file (over a published
@@ -34,6 +35,7 @@ def query(store: Store, sql: str) -> pa.Table:
     if not kinds or kinds != {duckdb.StatementType.SELECT}:
         raise InputError("latentstore sql runs SELECT queries only (the catalog is read-only)")
     con = reader(store)
+    timer = None
     try:
         if not store.local:
             register_datasets(con, store)
@@ -41,8 +43,18 @@ def query(store: Store, sql: str) -> pa.Table:
         con.execute(f"SET allowed_directories = [{dirs}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        return con.sql(sql).to_arrow_table()
+        timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            return con.sql(sql).to_arrow_table()
+        finally:
+            if timer:
+                timer.cancel()
     except duckdb.Error as e:
+        if timer and not timer.is_alive() and "interrupt" in str(e).lower():
+            raise InputError(f"query interrupted after {timeout_s:g} s (--timeout); narrow it or raise the limit") from None
         raise InputError(f"query failed: {str(e).splitlines()[0]}") from None
     finally:
         con.close()

@@ -71,9 +71,10 @@ def slice_id(content_hash: str, level: int, slicing_hash: str) -> int:
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
-def patient_key(patient: str, salt: bytes) -> str:
-    """HMAC-SHA256 of a raw patient identifier (whitespace-trimmed) under the store's salt, hex."""
-    return hmac.new(salt, patient.strip().encode(), hashlib.sha256).hexdigest()
+def patient_key(patient: str, salt: bytes, site: str = "") -> str:
+    """HMAC-SHA256 of the site and a raw patient identifier (whitespace-trimmed) under the store's salt,
+    hex: two sites' `sub-001` are two patients."""
+    return hmac.new(salt, f"{site}\0{patient.strip()}".encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class DatasetSpec:
 # string columns repeat one value per part and compress to nothing with a dictionary.
 SLICES_PARQUET = dict(
     compression="zstd",
-    use_dictionary=["scan_id", "patient_key", "level_name", "source_uri", "source_format", "content_hash", "slicing", "slicing_hash"],
+    use_dictionary=["scan_id", "patient_key", "site", "level_name", "source_uri", "source_format", "content_hash", "slicing", "slicing_hash"],
     use_byte_stream_split=["image.list.element"],
     row_group_size=4096,
     write_statistics=["slice_id", "level", "scan_id", "content_hash"],
@@ -355,11 +356,18 @@ class Store:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def salt(self) -> bytes:
+    def existing_salt(self) -> bytes | None:
+        """The salt when there is one already (`$LATENTSTORE_SALT` or `<store>/salt`), else None;
+        creates nothing, so a run can hash with it before it knows it will write."""
+        if os.environ.get(SALT_ENV) or self.local_path("salt").exists():
+            return self.salt()
+        return None
+
+    def salt(self, initial: bytes | None = None) -> bytes:
         """The secret salt under which patient identifiers are hashed into `patient_key`.
 
         `$LATENTSTORE_SALT` when set (a cluster can mount it from a secret manager), else the file
-        `<store>/salt`, created on first use with 32 random bytes and mode 0600.
+        `<store>/salt`, created on first use with 32 random bytes (or `initial`) and mode 0600.
 
         What it means for privacy: a patient key is HMAC-SHA256(salt, identifier). Without the salt,
         nobody can test a guessed identifier (MRNs are short and guessable) against the store; whoever
@@ -379,7 +387,7 @@ class Store:
                 tmp = path.with_name(f".salt.{os.getpid()}.{secrets.token_hex(4)}")
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
+                    f.write(initial.decode() if initial else secrets.token_hex(32))
                     f.flush()
                     os.fsync(f.fileno())
                 try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
-from .levels import NAMES
+from .levels import strict_label
 
 _AXIS_CODES = {"L", "R", "A", "P", "S", "I"}
 
@@ -51,15 +51,20 @@ def parse_centroids(data: object, source: str = "<json>") -> Centroids:
             codes = tuple(str(c).upper() for c in entry["direction"])
             if len(codes) != 3 or not set(codes) <= _AXIS_CODES or len({_axis(c) for c in codes}) != 3:
                 raise InputError(f"{source}: bad direction {entry['direction']!r}")
+            if direction is not None and codes != direction:
+                # Which one the coordinates were written in is unknowable: guessing cuts the wrong place.
+                raise InputError(f"{source}: two different direction entries ({''.join(direction)}, {''.join(codes)})")
             direction = codes
             continue
         try:
-            label = int(entry["label"])
             xyz = tuple(float(entry[k]) for k in ("X", "Y", "Z"))
+            raw = entry["label"]
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{source}: centroid entry {entry!r} lacks label/X/Y/Z numbers") from None
-        if label not in NAMES:
-            raise InputError(f"{source}: unknown VerSe label {label}")
+            raise InputError(f"{source}: centroid entry {str(entry)[:80]} lacks label/X/Y/Z numbers") from None
+        try:
+            label = strict_label(raw)
+        except ValueError as e:
+            raise InputError(f"{source}: {e}") from None
         if not all(math.isfinite(v) for v in xyz):
             missing.append(label)
             continue

@@ -2,10 +2,11 @@
 -- The run goes on with the rest; `latentstore sql "SELECT reason, count(*) FROM errors GROUP BY 1"`.
 CREATE TABLE errors (
     run_id  VARCHAR   NOT NULL, -- the run that met the problem (runs.run_id)
-    source  VARCHAR   NOT NULL, -- the file or DICOM series folder, relative to the archive root
-    scan_id VARCHAR,            -- the scan it belongs to, when known
+    source  VARCHAR   NOT NULL, -- pseudonym "file-<16 hex>" of the file or series folder (`latentstore locate`)
+    scan_id VARCHAR,            -- the scan's pseudonym, when known
     level   SMALLINT,           -- the VerSe label number when only one vertebra was rejected, else NULL
     stage   VARCHAR   NOT NULL, -- where it failed: "scan", "load", "cut", "publish", ...
     reason  VARCHAR   NOT NULL, -- one readable line; never patient data
-    time    TIMESTAMP NOT NULL  -- UTC, when it was recorded
+    time    TIMESTAMP NOT NULL, -- UTC, when it was recorded
+    seq     INTEGER             -- the row's number within its run (journal order): loads are exactly once
 );

@@ -7,6 +7,6 @@ CREATE TABLE runs (
     started   TIMESTAMP NOT NULL,             -- UTC
     finished  TIMESTAMP,                      -- UTC; NULL while running or after a crash
     status    VARCHAR   NOT NULL,             -- "running" | "ok" | "partial" (some inputs rejected) | "failed" | "killed"
-    args      JSON      NOT NULL,             -- the run's arguments (archive, store, workers, slicing, ...)
+    args      JSON      NOT NULL,             -- the run's settings (ingest: site, address, workers, slicing; never a path)
     counts    JSON                            -- stage summary: scans seen/ingested/skipped, slices, errors
 );

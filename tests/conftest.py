@@ -19,3 +19,23 @@ def real_data() -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real sample data not found at {REAL}")
     return REAL
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray (2 CPUs) for the module; a Ray that is already running is used and left running."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=256 * 1024**2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def no_env_salt(monkeypatch):
+    """The store's own salt file, not one from the environment."""
+    monkeypatch.delenv("LATENTSTORE_SALT", raising=False)

@@ -2,6 +2,7 @@
 GPU-less head), a CPU-only cluster (CPU actors), and a real separate head started with `ray start`."""
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -94,6 +95,9 @@ def test_ingest_and_encode_against_a_separate_head(tmp_path):
     # `ray start` 2.60 turns token authentication on for a local head; clients must say so to send the token
     # (~/.ray/auth_token), as docs.ray.io/en/latest/ray-security/token-auth.html describes.
     env["RAY_AUTH_MODE"] = "token"
+    # `ray start` does not create a token (ray.init does, in ~/.ray/auth_token): on a fresh machine there
+    # is none yet, so head and clients share one through the environment.
+    env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="ls-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                             f"--temp-dir={temp_dir}", "--disable-usage-stats"], capture_output=True, text=True, env=env,

@@ -20,16 +20,6 @@ from tiny_store import make_store
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray for the module (encode reuses a running Ray and leaves it running)."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2)
-    yield
-    ray.shutdown()
-
-
 def _z_by_id(store, model_id):
     t = store.latents(model_id).read()
     return dict(zip(t.column("slice_id").to_pylist(), np.stack(t.column("z_sem").to_pylist())))

@@ -15,6 +15,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from latentstore.ingest import dicom
 from latentstore.errors import InputError
 from latentstore.ingest import ScanSource, SlicingConfig, Volume, cut_slices, load_scan, scan_archive
 from latentstore.ingest.dicom import read_series
@@ -126,11 +127,11 @@ def test_scan_chooses_the_original_axial_series(study, caplog):
     (src,) = sources
     first = pydicom.dcmread(ct[0], stop_before_pixels=True)
     assert src.format == "dicom" and src.ct == root / "ct" and src.files == tuple(sorted(ct))
-    assert src.scan_id == "dcm-" + hashlib.sha256(first.SeriesInstanceUID.encode()).hexdigest()[:12]
+    assert src.name == "dicom-series:" + first.SeriesInstanceUID
     assert src.centroids == root / "centroids.json" and src.mask is None and src.patient == PATIENT
     digests = b"".join(hashlib.sha256(p.read_bytes()).digest() for p in sorted(ct))
     assert src.content_hash == hashlib.sha256(digests).hexdigest()
-    assert "chose series " + src.scan_id in caplog.text
+    assert "chose series " + dicom.hashed_uid(first.SeriesInstanceUID) in caplog.text
     assert PATIENT not in caplog.text and first.SeriesInstanceUID not in caplog.text
 
 
@@ -183,8 +184,8 @@ def test_missing_slice_duplicate_and_truncated_files(tmp_path):
     write_sidecar(tmp_path / "dup")
     sources, errors = scan_archive(tmp_path)
     reasons = {Path(e.source).name: e.reason for e in errors}
-    assert "not uniform" in reasons["s"] and "missing slices" in reasons["s"]
-    assert reasons["zz_copy.dcm"].startswith("duplicate of") and "0 bytes" in reasons["empty.dcm"]
+    assert "not uniform" in reasons["s"] and "1 slice(s) missing" in reasons["s"]
+    assert reasons["zz_copy.dcm"].startswith("duplicate") and "0 bytes" in reasons["empty.dcm"]
     assert "not a DICOM file" in reasons["junk.dcm"] and "truncated" in reasons[last.name]
     (src,) = sources
     assert len(src.files) == 9 and last not in src.files and ok[0] in src.files
@@ -234,7 +235,7 @@ def test_real_jpeg2000_series(real_data):
     assert 0.05 < body.size / hu.size < 0.9 and -150 < np.median(body) < 150  # soft tissue dominates
     sources, errors = scan_archive(real_data / "dicom-ct")
     assert sources == [] and len(errors) == 1 and "no centroid sidecar" in errors[0].reason
-    assert errors[0].scan_id.startswith("dcm-")
+    assert errors[0].name.startswith("dicom-")
 
 
 def test_synth_archive_dicom_and_nifti_agree(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from latentstore import catalog
 from latentstore.cli import app
 from latentstore.errors import InputError, StoreError
 from latentstore.ingest import SlicingConfig
+from latentstore.ingest.privacy import pseudonym_map
 from latentstore.ingest.run import ingest
 from latentstore.schema import arrow_schema
 from latentstore.slices import read_slices
@@ -29,21 +29,7 @@ from latentstore.store import Dataset, Store, part_name, slice_id
 CFG = SlicingConfig()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = False
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=100 * 1024**2)
-        started = True
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _no_env_salt(monkeypatch):
-    monkeypatch.delenv("LATENTSTORE_SALT", raising=False)
+pytestmark = pytest.mark.usefixtures("ray_local", "no_env_salt")
 
 
 def run(archive: Path, store: Path, **kw):
@@ -59,12 +45,23 @@ def contents(store: Path) -> list[tuple[int, bytes]]:
     return sorted(rows)
 
 
-def errors_of(store: Path, run_id: str) -> list[tuple]:
+def real_names(store, archive) -> dict:
+    """pseudonym -> the archive-relative path or raw scan name it stands for (as `latentstore locate`)."""
+    return {k: v[1] for k, v in pseudonym_map(Store(store), archive).items()}
+
+
+def errors_of(store: Path, run_id: str, archive: Path | None = None) -> list[tuple]:
+    """A run's error rows; with `archive`, pseudonyms translated back to paths and scan names."""
     con = catalog.reader(Store(store))
     try:
-        return con.execute(f"SELECT source, stage, reason, scan_id, level FROM errors WHERE run_id = '{run_id}' ORDER BY source, level").fetchall()
+        rows = con.execute(f"SELECT source, stage, reason, scan_id, level FROM errors WHERE run_id = '{run_id}' ORDER BY source, level").fetchall()
     finally:
         con.close()
+    if archive is None:
+        return rows
+    m = real_names(store, archive)
+    return sorted(((m.get(src, src), stage, reason, m.get(sid, sid), lvl) for src, stage, reason, sid, lvl in rows),
+                  key=lambda r: (r[0], r[4] or 0))
 
 
 def test_ingest_small_archive_writes_expected_rows(tmp_path):
@@ -89,16 +86,18 @@ def test_ingest_small_archive_writes_expected_rows(tmp_path):
     assert t.num_rows == 9
     rows = t.to_pylist()
     assert len({r["slice_id"] for r in rows}) == 9
+    names = real_names(store, archive)
     for r in rows:
-        ch = hashes[r["scan_id"]]
+        name = names[r["scan_id"]]
+        ch = hashes[name]
         assert r["content_hash"] == ch
         assert r["slice_id"] == slice_id(ch, r["level"], CFG.hash) and 0 <= r["slice_id"] < 2**63
         assert r["level_name"] == {20: "L1", 21: "L2", 22: "L3"}[r["level"]]
-        assert r["source_uri"] == f"rawdata/{r['scan_id']}/{r['scan_id']}_ct.nii.gz"  # archive-relative
+        assert names[r["source_uri"]] == f"rawdata/{name}/{name}_ct.nii.gz"  # a pseudonym of the path
         assert json.loads(r["slicing"]) == json.loads(CFG.to_json()) and r["slicing_hash"] == CFG.hash
         assert r["spacing_mm"] == [1.0, 1.0, 1.0]
         # Identity affine: the centroid in mm is the voxel centroid of the phantom.
-        seed = int(r["scan_id"][-3:])
+        seed = int(name[-3:])
         assert r["centroid_mm"] == list(phantom(seed)[1][r["level"]])
         image = np.asarray(r["image"], np.int16).reshape(96, 96)
         assert 200 < image[48, 48] < 400  # the body's marrow is at the centre pixel
@@ -183,7 +182,8 @@ def bad_archive(root: Path) -> dict[str, str]:
     make_archive(root, 2)
     hu, ctd = phantom(7)
     # One level outside the volume, one NaN centroid entry: the scan is kept, two levels are not.
-    write_scan(root, "sub-partial", seed=7, centroids={20: ctd[20], 21: (20.0, 24.0, 400.0)})
+    # L2 outside the field of view (12 mm beyond its side), yet below L1 as a real L2 is: the level checks pass.
+    write_scan(root, "sub-partial", seed=7, centroids={20: ctd[20], 21: (-12.0, 24.0, ctd[20][2] - 30.0)})
     with open(root / "derivatives/sub-partial/sub-partial_seg-subreg_ctd.json", "r+") as f:
         entries = json.load(f)
         entries.append({"label": 22, "X": float("nan"), "Y": float("nan"), "Z": float("nan")})
@@ -213,7 +213,7 @@ def bad_archive(root: Path) -> dict[str, str]:
     (root / "derivatives/sub-badjson/sub-badjson_seg-subreg_ctd.json").write_text("[{'direction': oops")
     expected["sub-badjson"] = "load"
     # Every centroid outside the volume.
-    write_scan(root, "sub-outside", seed=13, centroids={20: (500.0, 24.0, 50.0), 21: (-300.0, 24.0, 50.0)})
+    write_scan(root, "sub-outside", seed=13, centroids={20: (500.0, 24.0, 60.0), 21: (500.0, 24.0, 30.0)})
     expected["sub-outside"] = "cut"
     # NaN voxels.
     nan_hu = phantom(14)[0].astype(np.float32)
@@ -236,12 +236,13 @@ def test_bad_inputs_each_get_an_error_row_and_the_rest_is_ingested(tmp_path):
     expected = bad_archive(archive)
     s = run(archive, store)
 
+    names = real_names(store, archive)
     stored = read_slices(store, columns=["scan_id", "level"]).to_pylist()
-    assert sorted({r["scan_id"] for r in stored}) == ["sub-p000", "sub-p001", "sub-partial"]
-    assert sorted(r["level"] for r in stored if r["scan_id"] == "sub-partial") == [20]
+    assert sorted({names[r["scan_id"]] for r in stored}) == ["sub-p000", "sub-p001", "sub-partial"]
+    assert sorted(r["level"] for r in stored if names[r["scan_id"]] == "sub-partial") == [20]
     assert s.slices_written == 2 * len(LEVELS) + 1 and s.status == "partial"
 
-    errors = errors_of(store, s.run_id)
+    errors = errors_of(store, s.run_id, archive)
     by_subject: dict[str, list] = {}
     for source, stage, reason, scan_id, level in errors:
         assert not source.startswith("/") and str(tmp_path) not in reason  # archive-relative, no host paths
@@ -253,7 +254,9 @@ def test_bad_inputs_each_get_an_error_row_and_the_rest_is_ingested(tmp_path):
     partial = sorted(by_subject["sub-partial"], key=lambda e: e[3])
     assert [(e[0], e[2], e[3]) for e in partial] == [("cut", "sub-partial", 21), ("cut", "sub-partial", 22)]
     assert "outside" in partial[0][1] and "NaN" in partial[1][1]
-    assert "duplicate" in by_subject["sub-zdup"][0][1] and "sub-p000" in by_subject["sub-zdup"][0][1]
+    kept = next(k for k, v in names.items() if v == "rawdata/sub-p000/sub-p000_ct.nii.gz")  # the kept file's pseudonym
+    assert "duplicate" in by_subject["sub-zdup"][0][1] and kept in by_subject["sub-zdup"][0][1]
+    assert s.duplicates_rejected == 1 and s.files_rejected == 2  # the empty file, no centroids; the copy apart
     assert set(by_subject) == set(expected) | {"sub-partial"}
     assert s.errors == len(errors) == len(expected) + 2
     assert sum(s.errors_by_reason.values()) == s.errors
@@ -283,11 +286,14 @@ def test_patient_keys_are_salted_hashes_and_no_identifier_reaches_the_store(tmp_
 
     salt = (store / "salt").read_bytes().strip()
     assert (store / "salt").stat().st_mode & 0o777 == 0o600
-    keys = {r["scan_id"]: r["patient_key"] for r in read_slices(store, columns=["scan_id", "patient_key"]).to_pylist()}
-    dicom_scan = next(k for k in keys if k.startswith("dcm-"))
+    names = real_names(store, archive)
+    rows = read_slices(store, columns=["scan_id", "patient_key", "site"]).to_pylist()
+    keys = {names[r["scan_id"]]: r["patient_key"] for r in rows}
+    (site,) = {r["site"] for r in rows}
+    dicom_scan = next(k for k in keys if k.startswith("dicom-"))
     expect = {"sub-p000": "sub-p000", "sub-p000_dir-ax": "sub-p000", "sub-p001": "sub-p001", dicom_scan: "MRN-4711-0042"}
     for scan, raw in expect.items():
-        assert keys[scan] == hmac.new(salt, raw.encode(), hashlib.sha256).hexdigest()
+        assert keys[scan] == hmac.new(salt, f"{site}\0{raw}".encode(), hashlib.sha256).hexdigest()
         assert raw not in keys[scan]
     assert keys["sub-p000"] == keys["sub-p000_dir-ax"] != keys["sub-p001"]
     # The DICOM identifiers appear nowhere in the store's files (Parquet, catalog, anything else).
@@ -354,7 +360,7 @@ def test_bad_dicom_inputs_each_get_an_error_row_and_the_rest_is_ingested(tmp_pat
     s = run(archive, store)
 
     assert s.scans_ingested == 1 and s.slices_written == len(LEVELS) and s.status == "partial"
-    errors = errors_of(store, s.run_id)
+    errors = errors_of(store, s.run_id, archive)
     folders = {source.split("/")[0] for source, *_ in errors}
     assert folders == {"mr", "nocentroids", "truncated", "stray"}, errors
     assert all(not source.startswith("/") for source, *_ in errors)
@@ -376,9 +382,10 @@ def test_synthetic_archive_gives_one_row_per_ground_truth_vertebra(tmp_path):
     s = run(archive, store)
     assert s.errors == 0 and s.scans_ingested == 2 and s.slices_written == len(truth)
     rows = read_slices(store, columns=["scan_id", "level", "centroid_mm", "image"]).to_pylist()
-    assert {(r["scan_id"], r["level"]) for r in rows} == set(truth)
+    names = real_names(store, archive)
+    assert {(names[r["scan_id"]], r["level"]) for r in rows} == set(truth)
     for r in rows:
-        assert np.allclose(r["centroid_mm"], truth[(r["scan_id"], r["level"])], atol=0.5)  # JSON keeps 0.1 voxel
+        assert np.allclose(r["centroid_mm"], truth[(names[r["scan_id"]], r["level"])], atol=0.5)  # JSON keeps 0.1 voxel
         centre = np.asarray(r["image"], np.int16).reshape(96, 96)[40:56, 40:56]
         assert 50 < np.median(centre) < 400  # trabecular bone at the centre, not air or cortex
 

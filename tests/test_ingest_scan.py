@@ -52,7 +52,7 @@ def test_verse_layout(tmp_path):
     ct2 = verse_subject(tmp_path, "sub-verse002_dir-ax2", ctd_name="seg-vb_ctd", wrapped=True)
     sources, errors = scan_archive(tmp_path)
     assert errors == []
-    by_id = {s.scan_id: s for s in sources}
+    by_id = {s.name: s for s in sources}
     assert sorted(by_id) == ["sub-verse001", "sub-verse002_dir-ax2"]
     s1, s2 = by_id["sub-verse001"], by_id["sub-verse002_dir-ax2"]
     assert s1.ct == ct1 and s1.files == (ct1,) and s1.format == "nifti" and s1.patient == "sub-verse001"
@@ -82,7 +82,7 @@ def test_plain_nifti_sidecars(tmp_path):
     (tmp_path / "sub-77" / "centroids.json").write_text(json.dumps(world))
     sources, errors = scan_archive(tmp_path)
     assert errors == []
-    by_id = {s.scan_id: s for s in sources}
+    by_id = {s.name: s for s in sources}
     assert by_id["scan1"].centroids.name == "scan1_centroids.csv" and by_id["scan2"].centroids.name == "scan2_ctd.json"
     assert by_id["ct"].patient == "sub-77" and by_id["scan1"].patient == "scan1"
     for src in sources:
@@ -150,10 +150,11 @@ def test_duplicates_missing_sidecars_and_empty_files(tmp_path):
     (tmp_path / "z" / "empty.nii.gz").write_bytes(b"")
     (tmp_path / "z" / "notes.txt").write_text("ignored")
     sources, errors = scan_archive(tmp_path)
-    assert [s.scan_id for s in sources] == ["scan"]
+    assert [s.name for s in sources] == ["scan"]
     reasons = {Path(e.source).name: e.reason for e in errors}
     assert set(reasons) == {"copy.nii.gz", "lonely.nii.gz", "empty.nii.gz"}
-    assert reasons["copy.nii.gz"].startswith("duplicate of") and str(ct) in reasons["copy.nii.gz"]
+    dup = next(e for e in errors if Path(e.source).name == "copy.nii.gz")
+    assert dup.duplicate and dup.related == str(ct) and reasons["copy.nii.gz"].startswith("duplicate")
     assert "no centroid file" in reasons["lonely.nii.gz"] and "0 bytes" in reasons["empty.nii.gz"]
     assert all(e.stage == "scan" for e in errors)
 
@@ -166,7 +167,7 @@ def test_archive_inside_a_folder_named_derivatives(tmp_path):
     (root / "scan_centroids.csv").write_text("label,x,y,z\n20,5,-10,20\n")
     save(root / "scan_seg.nii.gz", (hu == BODY).astype(np.uint8) * 20, aff)
     (src,), errors = scan_archive(root)
-    assert errors == [] and src.scan_id == "scan" and src.mask == root / "scan_seg.nii.gz"
+    assert errors == [] and src.name == "scan" and src.mask == root / "scan_seg.nii.gz"
 
 
 def test_same_name_in_two_folders_gets_distinct_ids(tmp_path):
@@ -175,7 +176,7 @@ def test_same_name_in_two_folders_gets_distinct_ids(tmp_path):
         save(tmp_path / folder / "scan.nii.gz", hu + k, aff)
         (tmp_path / folder / "scan_centroids.csv").write_text("label,x,y,z\n20,5,-10,20\n")
     sources, errors = scan_archive(tmp_path)
-    ids = [s.scan_id for s in sources]
+    ids = [s.name for s in sources]
     assert errors == [] and len(set(ids)) == 2 and all(i.startswith("scan-") for i in ids)
 
 
@@ -271,7 +272,7 @@ def test_truncated_gz_is_scanned_then_fails_to_load(good, tmp_path):
 def test_nan_and_outside_centroids_are_skipped_levels(good, tmp_path, caplog):
     ct, _, _, _ = good
     ctd = tmp_path / "x.csv"
-    ctd.write_text("label,x,y,z\n20,5,-10,20\n21,nan,nan,nan\n22,5,-10,-900\n")
+    ctd.write_text("label,x,y,z\n20,5,-10,20\n21,nan,nan,nan\n22,5,-90,-40\n")  # L3 in order, beyond the FOV
     vol = load_scan(_source(ct, ctd))
     slices, skipped = cut_slices(vol)
     assert [s.level for s in slices] == [20]
@@ -290,6 +291,6 @@ def test_scan_is_deterministic(tmp_path):
     verse_subject(tmp_path, "sub-verse003")
     verse_subject(tmp_path, "sub-verse001")
     a, b = scan_archive(tmp_path), scan_archive(tmp_path)
-    assert a == b and [s.scan_id for s in a[0]] == ["sub-verse001", "sub-verse003"]
+    assert a == b and [s.name for s in a[0]] == ["sub-verse001", "sub-verse003"]
     aff, _ = grid_affine("PIR", (1, 1, 2))
     assert nib.aff2axcodes(aff) == PIR

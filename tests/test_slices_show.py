@@ -19,7 +19,8 @@ from latentstore.ingest import SlicingConfig, scan_archive
 from latentstore.ingest.run import ingest_scan
 from latentstore.pictures import BACKGROUND, COLS, TILE, WINDOW_HU, tile_origin
 from latentstore.slices import read_slices, show
-from latentstore.store import Store
+from latentstore.ingest.privacy import Redactor
+from latentstore.store import Store, patient_key
 
 runner = CliRunner()
 SPINE = {lab: (20.0, 24.0, float(z)) for lab, z in zip(range(12, 20), range(92, 4, -11))}  # T5..T12, 8 levels
@@ -31,10 +32,13 @@ def store(tmp_path_factory) -> Path:
     archive, store = make_archive(root / "archive", 2), root / "store"
     write_scan(archive, "sub-long", seed=5, centroids=SPINE)
     st, cfg = Store(store), SlicingConfig()
-    sources, errors = scan_archive(archive)
+    salt = st.salt()
+    red = Redactor(archive, salt, "site-test")
+    sources, errors = scan_archive(archive, salt)
     assert not errors
     for src in sources:
-        result = ingest_scan(src, "key-" + src.scan_id, cfg, st.root, "run", str(archive))
+        ids = (red.scan(src.name), red.file(src.ct), "site-test", patient_key(src.patient, salt, "site-test"))
+        result = ingest_scan(src, ids, cfg, st.root, "run")
         assert result["kind"] == "staged", result
         st.slices.publish("run", result["part"])
     return store
@@ -64,6 +68,10 @@ def test_scan_grid_has_one_tile_per_level_in_order(store, tmp_path):
     x, y = tile_origin(0)
     expect = np.clip((hu[48, 48] - WINDOW_HU[0]) / (WINDOW_HU[1] - WINDOW_HU[0]) * 255, 0, 255)
     assert abs(int(np.asarray(img.convert("L"))[y + 97, x + 97]) - expect) <= 1
+    # Asked for by the archive's name, stored under the pseudonym: the picture in the store is named by it.
+    default = show(store, scan="sub-long")
+    assert default.path.parent == Path(store) / "pictures" and default.path.name.startswith("scan-")
+    assert "sub-long" not in str(default.path)
 
 
 def test_single_slice_and_cli(store, tmp_path):

@@ -22,15 +22,13 @@ from latentstore.schema import arrow_schema
 from latentstore.store import Store, part_name, patient_key, slice_id
 
 
-@pytest.fixture(autouse=True)
-def _no_env_salt(monkeypatch):
-    monkeypatch.delenv("LATENTSTORE_SALT", raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_salt")
 
 
 def tiny_table(n: int = 2) -> pa.Table:
     schema = arrow_schema("slices")
     values = {
-        "slice_id": list(range(n)), "scan_id": ["s"] * n, "patient_key": ["k"] * n, "level": [20] * n,
+        "slice_id": list(range(n)), "scan_id": ["s"] * n, "patient_key": ["k"] * n, "site": ["site-t"] * n, "level": [20] * n,
         "level_name": ["L1"] * n, "source_uri": ["a.nii.gz"] * n, "source_format": ["nifti"] * n,
         "content_hash": ["c"] * n, "centroid_mm": [[0.0, 0.0, 0.0]] * n, "spacing_mm": [[1.0, 1.0, 1.0]] * n,
         "slicing": ["{}"] * n, "slicing_hash": ["h"] * n, "image": [[7] * 9216] * n,
@@ -103,7 +101,10 @@ def test_salt_file_is_private_stable_and_guarded(tmp_path, monkeypatch):
     salt = st.salt()
     assert len(salt) == 64 and st.salt() == salt and Store(tmp_path).salt() == salt
     assert (tmp_path / "salt").stat().st_mode & 0o777 == 0o600
-    assert patient_key("MRN 123", salt) == hmac.new(salt, b"MRN 123", hashlib.sha256).hexdigest()
+    assert patient_key("MRN 123", salt) == hmac.new(salt, b"\0MRN 123", hashlib.sha256).hexdigest()
+    # The site is part of the key: two sites' "sub-001" are two patients.
+    assert patient_key("MRN 123", salt, "site-a") == hmac.new(salt, b"site-a\0MRN 123", hashlib.sha256).hexdigest()
+    assert patient_key("sub-001", salt, "site-a") != patient_key("sub-001", salt, "site-b")
     assert patient_key(" MRN 123 ", salt) == patient_key("MRN 123", salt) != patient_key("MRN 124", salt)
     assert b"MRN" not in (tmp_path / "salt.id").read_bytes() and salt not in (tmp_path / "salt.id").read_bytes()
     # A different salt from the environment would give different keys for the same patients: refused.
@@ -207,4 +208,4 @@ def test_writer_waits_for_a_reader_left_open_then_says_who_holds_the_catalog(tmp
 
 def _write_with(st: Store, timeout_s: float) -> None:
     with catalog.writer(st, timeout_s=timeout_s) as con:
-        con.execute("INSERT INTO errors VALUES ('r', 'a', NULL, NULL, 'scan', 'b', now())")
+        con.execute("INSERT INTO errors VALUES ('r', 'a', NULL, NULL, 'scan', 'b', now(), NULL)")

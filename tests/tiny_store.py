@@ -47,6 +47,7 @@ def make_store(root: Path, n_scans: int = 20, levels: int = 4, seed: int = 0, pa
             rows["slice_id"].append(int.from_bytes(digest[:8], "big") >> 1)
             rows["scan_id"].append(scan)
             rows["patient_key"].append(hashlib.sha256(scan.encode()).hexdigest()[:16])
+            rows["site"].append("site-test")
             rows["level"].append(lv)
             rows["level_name"].append(f"L{lv - 19}")
             rows["source_uri"].append(f"{scan}.nii.gz")

@@ -26,7 +26,7 @@ from nibabel import orientations as ornt
 from scipy import ndimage
 
 from ..errors import InputError
-from ..levels import LABELS, NAMES, ORDER
+from ..levels import LABELS, NAMES, ORDER, strict_label
 from ..verse import parse_centroids
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,9 @@ def _label(value, path: Path) -> int:
             raise InputError(f"{path}: unknown vertebra level {value!r}")
         return LABELS[name]
     try:
-        label = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: centroid entry without a valid label ({value!r})") from None
-    if label not in NAMES:
-        raise InputError(f"{path}: unknown VerSe label {label}")
-    return label
+        return strict_label(value)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,3 +213,69 @@ def _body_centre(world: np.ndarray, anterior: np.ndarray) -> np.ndarray:
             best, split = prominence, mid
     body = world[depth < split] if math.isfinite(split) else world
     return body.mean(axis=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Level checks: a vertebra is stored under its own level or not at all
+
+MIN_STEP_MM = 8.0  # centroid distance per level: C2-C3 is ~15 mm, L4-L5 ~40 mm in adults
+MAX_STEP_MM = 60.0
+MIN_AXIAL_SHARE = 0.5  # the spine runs along world S-I: first-to-last vector at most 60 degrees off it
+# How far a centroid may lie from the nearest voxel of its own label in the mask beside the CT. On the
+# real VerSe sample (sub-verse004, 1x1x2 mm) every JSON centroid lies on its own label: 0.41-0.94 mm from
+# the nearest own voxel centre (voxel discretisation, tests/test_ingest_scan.py). 3 mm leaves room for
+# coarser masks and stays far below one level (>= 15 mm).
+MASK_TOLERANCE_MM = 3.0
+
+
+def check_level_order(centroids: Centroids) -> None:
+    """Raise `InputError` naming the failed check when the centroids do not run superior to inferior in
+    label order (world S decreasing from C1 to S), the spine does not run along world S-I, or
+    neighbouring levels are implausibly close or far. These are the signs of a flipped or swapped
+    direction code, a wrong affine or mislabelled levels: every level of such a scan is suspect."""
+    chain = [lab for lab in ORDER if lab in centroids]
+    if len(chain) < 2:
+        return
+    for a, b in zip(chain, chain[1:]):
+        step = centroids[b] - centroids[a]
+        gap = ORDER.index(b) - ORDER.index(a)
+        if step[2] >= 0:
+            raise InputError(f"level order check failed: {NAMES[b]} lies {step[2]:.1f} mm superior of {NAMES[a]} "
+                             "(levels must run superior to inferior; a flipped or swapped direction code?)")
+        dist = float(np.linalg.norm(step)) / gap
+        if not MIN_STEP_MM <= dist <= MAX_STEP_MM:
+            raise InputError(f"level spacing check failed: {NAMES[a]} to {NAMES[b]} is {dist:.1f} mm per level "
+                             f"(expected {MIN_STEP_MM:.0f}-{MAX_STEP_MM:.0f}; wrong voxel sizes or labels?)")
+    whole = centroids[chain[-1]] - centroids[chain[0]]
+    share = abs(whole[2]) / float(np.linalg.norm(whole))
+    if share < MIN_AXIAL_SHARE:
+        raise InputError(f"spine axis check failed: {NAMES[chain[0]]} to {NAMES[chain[-1]]} runs only {share:.2f} "
+                         "along world S-I (swapped axes in the direction code or the affine?)")
+
+
+def check_on_mask(centroids: Centroids, labels: np.ndarray, affine: np.ndarray) -> tuple[Centroids, Skipped]:
+    """Keep the centroids that lie on their own label in the vertebra mask (within `MASK_TOLERANCE_MM`
+    of its nearest voxel); the others are skipped with the check that failed."""
+    labels = np.asarray(labels)
+    inv = np.linalg.inv(affine)
+    boxes = ndimage.find_objects(np.where((labels > 0) & (labels <= max(NAMES)), labels, 0).astype(np.int32))
+    kept: Centroids = {}
+    skipped: Skipped = []
+    for label, xyz in centroids.items():
+        box = boxes[label - 1] if label - 1 < len(boxes) else None
+        if box is None:
+            skipped.append((label, f"mask check failed: label {label} ({NAMES[label]}) is absent from the mask"))
+            continue
+        ijk = np.argwhere(labels[box] == label) + [s.start for s in box]
+        world = ijk @ affine[:3, :3].T + affine[:3, 3]
+        dist = float(np.min(np.linalg.norm(world - xyz, axis=1)))
+        if dist > MASK_TOLERANCE_MM:
+            at = np.rint(inv[:3, :3] @ xyz + inv[:3, 3]).astype(int)
+            inside = all(0 <= a < n for a, n in zip(at, labels.shape))
+            on = int(labels[tuple(at)]) if inside else None
+            where = "outside the mask" if on is None else f"on label {on}" + (f" ({NAMES[on]})" if on in NAMES else "")
+            skipped.append((label, f"mask check failed: centroid lies {dist:.1f} mm from its own label in the mask "
+                                   f"({where}; tolerance {MASK_TOLERANCE_MM:.0f} mm)"))
+            continue
+        kept[label] = xyz
+    return kept, skipped

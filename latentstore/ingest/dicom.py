@@ -24,6 +24,7 @@ A study without a candidate becomes one error record listing why each series was
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import logging
 from collections import Counter, defaultdict
@@ -49,9 +50,10 @@ _LOCALIZER = "localizer/scout image"
 HU_FLOOR = -1024  # padding (-2000, -3024 outside the reconstruction circle) and noise below air
 
 
-def hashed_uid(uid: str, prefix: str = "dcm-") -> str:
-    """`prefix` + first 12 hex of sha256(uid): a stable, non-identifying name for a DICOM UID."""
-    return prefix + hashlib.sha256(uid.encode()).hexdigest()[:12]
+def hashed_uid(uid: str, prefix: str = "dcm-", salt: bytes = b"") -> str:
+    """`prefix` + first 12 hex of HMAC-SHA256(salt, uid): a stable name for a DICOM UID in messages.
+    Under the store's salt (ingest passes it) nobody without the salt can test a UID against it."""
+    return prefix + hmac.new(salt, uid.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 @dataclass
@@ -193,8 +195,16 @@ def stack_geometry(iops: list, ipps: list) -> tuple[np.ndarray, float]:
         raise InputError(f"{int(np.sum(steps < 1e-3))} slice(s) share a position with another (mixed acquisitions?)")
     step = float(np.median(steps))
     if np.max(np.abs(steps - step)) > max(0.05, 0.01 * step):
-        raise InputError(f"slice step not uniform ({steps.min():.2f} to {steps.max():.2f} mm): missing slices?")
+        k = int(np.argmax(np.abs(steps - step)))
+        missing = max(int(round(steps[k] / step)) - 1, 0)
+        raise InputError(f"slice step not uniform ({steps.min():.2f} to {steps.max():.2f} mm): a {steps[k]:.2f} mm gap "
+                         f"between slices {k + 1} and {k + 2} of {len(pos)} (positions {pos[order][k]:.1f} and "
+                         f"{pos[order][k + 1]:.1f} mm, step {step:.2f} mm): {missing or 'some'} slice(s) missing")
     return order, step
+
+
+def _is_primary(h: Header) -> bool:
+    return "ORIGINAL" in h.image_type and "PRIMARY" in h.image_type
 
 
 @dataclass
@@ -206,7 +216,7 @@ class _Candidate:
     defects: list[tuple[Path, str]]  # files of the same group left out, with the reason
 
 
-def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str], list[tuple[Path, str]]]:
+def choose_series(headers: list[Header], salt: bytes = b"") -> tuple[list[Header] | None, list[str], list[tuple[Path, str]]]:
     """Choose one study's series: `(chosen, dropped, defects)`.
 
     `chosen`: the chosen series' headers sorted by path (None when no series qualifies); `dropped`: why
@@ -218,9 +228,10 @@ def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]
         iop = tuple(np.round(h.iop, 3)) if h.iop else None
         groups[(h.series, iop, h.rows, h.cols)].append(h)
     dropped: list[str] = []
+    broken_primary: list[str] = []  # ORIGINAL/PRIMARY series with a gap or truncated slices
     candidates: list[_Candidate] = []
     for (series, *_), group in groups.items():
-        name = hashed_uid(series) if series else "series without UID"  # anonymisers may blank UIDs
+        name = hashed_uid(series, salt=salt) if series else "series without UID"  # anonymisers may blank UIDs
         reasons = Counter(r for r in map(unusable, group) if r)
         usable = [h for h in group if not unusable(h)]
         if len(usable) < MIN_SLICES:
@@ -232,11 +243,13 @@ def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]
         except InputError as e:
             left_out = f" ({sum(reasons.values())} file(s) left out: {', '.join(reasons)})" if reasons else ""
             dropped.append(f"{name}: {e}{left_out}")
+            if _is_primary(usable[0]):
+                broken_primary.append(f"primary series {name} is incomplete: {e}{left_out}")
             continue
         first = usable[0]
         normal = np.cross(first.iop[:3], first.iop[3:])
         key = (
-            "ORIGINAL" in first.image_type and "PRIMARY" in first.image_type,
+            _is_primary(first),
             abs(normal[2]) > np.cos(np.radians(30)),
             len(usable),
             -step,
@@ -248,7 +261,11 @@ def choose_series(headers: list[Header]) -> tuple[list[Header] | None, list[str]
     if not candidates:
         return None, dropped, []
     best = max(candidates, key=lambda c: c.key)
-    study = hashed_uid(headers[0].study or str(headers[0].path.parent), "study-")
+    if broken_primary and not best.key[0]:
+        # A derived (thick, reformatted) series in place of the acquired one would be a silent
+        # downgrade: the study is an error naming the gap, to be fixed at the source.
+        return None, [*broken_primary, f"the derived series {best.name} is not used in its place"], []
+    study = hashed_uid(headers[0].study or str(headers[0].path.parent), "study-", salt)
     log.info("study %s: chose series %s (%d slices, %.2f mm step) of %d candidate(s)",
              study, best.name, len(best.headers), best.step, len(candidates))
     return best.headers, dropped, best.defects
@@ -282,6 +299,12 @@ def read_series(files: tuple[Path, ...] | list[Path]) -> tuple[np.ndarray, np.nd
         raise InputError(f"slices have different matrix sizes {sorted(shapes)}")
     order, _ = stack_geometry([h.iop for _, h in datasets], [h.ipp for _, h in datasets])
     datasets = [datasets[i] for i in order]
+    from .nifti import MAX_VOXELS
+
+    voxels = datasets[0][1].cols * datasets[0][1].rows * len(datasets)
+    if voxels > MAX_VOXELS:
+        raise InputError(f"series of {len(datasets)} slices of {datasets[0][1].rows} x {datasets[0][1].cols} = {voxels:,} "
+                         f"voxels, over the cap of {MAX_VOXELS:,} ($LATENTSTORE_MAX_VOXELS); not decoded")
     hu = np.empty((datasets[0][1].cols, datasets[0][1].rows, len(datasets)), np.int16)  # (C, R, K)
     for k, (ds, h) in enumerate(datasets):
         try:

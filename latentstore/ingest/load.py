@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from . import dicom, nifti
-from .centroids import body_centroids_from_mask, read_centroid_file
+from . import dicom, nifti, totalseg
+from .centroids import body_centroids_from_mask, check_level_order, check_on_mask, read_centroid_file
 from .sources import ScanSource
 
 MIN_SPACING_MM = 0.1
@@ -17,6 +17,12 @@ HU_FLOOR = -1024  # air; lower values are padding or noise and are clipped to it
 # Every CT of a body holds fat (about -100 HU) or air (-1000 HU); an image whose lowest value is above
 # this is not in Hounsfield units (MR, PET, a mask, a CT stored without its rescale intercept).
 NON_CT_MIN_HU = -50
+# What a CT looks like, measured on a subsample of every 4th voxel per axis (gates on volumes that load
+# fine but are not CT: random voxels, a wrong scl_slope, a segmentation or an MR saved as the CT):
+MAX_HU = 4000  # after rescale; metal reaches ~3071 (12-bit) and beyond only in a tiny share of voxels
+MAX_ABOVE_SHARE = 0.001
+MIN_SOFT_SHARE = 0.05  # soft tissue, fat and discs (-200..300 HU) surround every spine
+MIN_NEIGHBOUR_CORR = 0.3  # neighbouring voxels of an image are alike; noise is not
 
 
 @dataclass
@@ -65,15 +71,53 @@ def load_scan(src: ScanSource) -> Volume:
     low, high = float(hu.min()), float(hu.max())
     if low > NON_CT_MIN_HU:
         raise InputError(f"{name}: values {low:.0f} to {high:.0f} hold no air or fat: not a CT in HU")
+    check_ct_values(hu, name)
     hu = np.maximum(hu, HU_FLOOR).astype(hu.dtype, copy=False)  # a new array: never write into a memmap
+    mask = None
+    if src.mask is not None:
+        mask = read_label_mask(src)
     if src.centroids is not None:
         centroids, skipped = read_centroid_file(src.centroids, affine, hu.shape)
-    elif src.mask is not None:
-        labels, mask_affine = nifti.read_mask(src.mask)
+    elif mask is not None:
         try:
-            centroids, skipped = body_centroids_from_mask(labels, mask_affine)
+            centroids, skipped = body_centroids_from_mask(*mask)
         except InputError as e:
             raise InputError(f"{src.mask.name}: {e}") from None
     else:
         raise InputError(f"{name}: no centroid file and no vertebra mask")
+    # A vertebra is stored under its own level or not at all.
+    check_level_order(centroids)
+    if mask is not None and src.centroids is not None:
+        centroids, off = check_on_mask(centroids, *mask)
+        skipped = skipped + off
+        if not centroids:
+            raise InputError(f"no centroid lies on its own label in the mask ({off[0][1]}; and {len(off) - 1} more)")
     return Volume(hu, affine, centroids, src, skipped)
+
+
+def read_label_mask(src: ScanSource) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's vertebra mask as (VerSe-numbered labels, affine), whatever wrote it."""
+    if src.mask_format == "totalseg":
+        return totalseg.read_folder(src.mask)
+    if src.mask_format == "totalseg-ml":
+        return totalseg.read_multilabel(src.mask)
+    return nifti.read_mask(src.mask)
+
+
+def check_ct_values(hu: np.ndarray, name: str) -> None:
+    """Raise `InputError` with the measured reason when the values are not CT-like (see the constants)."""
+    sample = np.asarray(hu[::4, ::4, ::4] if min(hu.shape) >= 8 else hu, dtype=np.float32)
+    above = float(np.mean(sample > MAX_HU))
+    if above > MAX_ABOVE_SHARE:
+        raise InputError(f"{name}: {above:.1%} of voxels above {MAX_HU} HU (max {float(sample.max()):.0f}): not CT "
+                         "values (a wrong rescale slope, or random data?)")
+    soft = float(np.mean((sample >= -200) & (sample <= 300)))
+    if soft < MIN_SOFT_SHARE:
+        raise InputError(f"{name}: only {soft:.1%} of voxels in -200..300 HU (soft tissue, fat, discs): not a CT of a body")
+    full = np.asarray(hu[: min(hu.shape[0], 64), ::4, ::4], dtype=np.float32)  # adjacent voxels along axis 0
+    a, b = full[:-1].ravel(), full[1:].ravel()
+    if a.std() > 0 and b.std() > 0:
+        corr = float(np.corrcoef(a, b)[0, 1])
+        if corr < MIN_NEIGHBOUR_CORR:
+            raise InputError(f"{name}: neighbouring voxels correlate at {corr:.2f} (CT > {MIN_NEIGHBOUR_CORR}): "
+                             "noise, not an image")

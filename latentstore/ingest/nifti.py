@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from nibabel.spatialimages import HeaderDataError
 from ..errors import InputError
 
 _INT16 = np.iinfo(np.int16)
+# Voxels a volume may have, judged on its header before any data is decompressed: 600 M is a 512 x 512 x
+# 2300 whole-body CT (1.2 GB as int16). A 2 MB gzip whose header claims 30000^3 voxels is refused here.
+MAX_VOXELS = int(os.environ.get("LATENTSTORE_MAX_VOXELS", 600_000_000))
 # What nibabel and gzip raise on truncated or corrupt files.
 _BROKEN = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 
@@ -40,6 +44,11 @@ def read_volume(path: Path, what: str = "CT") -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"{path.name}: {what} has {dims}, expected a 3D volume")
         if min(shape) < 2:
             raise InputError(f"{path.name}: {what} is a single slice {tuple(shape)}, expected a 3D volume")
+        voxels = int(np.prod(shape, dtype=np.int64))
+        if voxels > MAX_VOXELS:
+            raise InputError(f"{path.name}: header claims {' x '.join(map(str, shape))} = {voxels:,} voxels, over the cap "
+                             f"of {MAX_VOXELS:,} ($LATENTSTORE_MAX_VOXELS); not decompressed")
+        _check_raw_zooms(path, what)
         data = np.asanyarray(img.dataobj).reshape(shape)
     except InputError:
         raise
@@ -53,6 +62,21 @@ def read_volume(path: Path, what: str = "CT") -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(f"{path.name}: {what} has a degenerate or non-finite affine")
     return data, affine
+
+
+def _check_raw_zooms(path: Path, what: str) -> None:
+    """nibabel repairs zero voxel sizes to 1 mm when it loads a header; a qform-only (or no-form) header
+    with zero or non-finite pixdim would then be cut at the wrong scale. Judge the bytes as written."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(path) as f:
+        raw = nib.Nifti1Header.from_fileobj(f, check=False)
+    if int(raw["sform_code"]) > 0:
+        return  # the sform carries the geometry; its spacing is checked on the affine
+    zooms = np.asarray(raw["pixdim"][1:4], float)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        shown = " x ".join(f"{z:g}" for z in zooms)
+        raise InputError(f"{path.name}: {what} header has voxel size {shown} mm (zero or invalid pixdim without an sform)")
 
 
 def read_ct(path: Path) -> tuple[np.ndarray, np.ndarray]:

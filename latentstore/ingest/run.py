@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -46,18 +47,25 @@ from ..schema import IMAGE_PX, arrow_schema
 from ..result import Result
 from ..store import Store, connect, part_name, patient_key, slice_id
 from . import SlicingConfig, cut_slices, load_scan, scan_archive
+from .privacy import Redactor, check_site, default_site, relative, shown
 
-ERROR_FLUSH_S = 5.0  # errors reach the catalog at least this often, so a killed run keeps most of them
+ERROR_FLUSH_S = 5.0  # error rows reach the catalog at least this often (they are in the journal at once)
+FLUSH_WAIT_S = 1.0  # how long a flush during the run waits for a busy catalog before trying later
+MAX_ERRORS_PER_SCAN = 20  # rows of one scan beyond this are summarised in one row
+MAX_SHOWN = 30  # error lines printed with their real paths during the run
 
 
 @dataclass
 class IngestSummary(Result):
-    """What one ingest run did; `to_dict()` is the `--json` output."""
+    """What one ingest run did; `to_dict()` is the `--json` output (real paths: for the terminal only)."""
 
     run_id: str
     archive: str
     store: str
+    site: str = ""
     files_rejected: int = 0  # files in the archive that are no usable scan input (not CT, unreadable, ...)
+    duplicates_rejected: int = 0  # copies with the same bytes as a file kept instead
+    duplicates: list[str] = field(default_factory=list)  # "copy -> kept" (archive-relative; never stored)
     scans_seen: int = 0
     scans_ingested: int = 0
     scans_skipped: int = 0  # already published by an earlier run
@@ -67,6 +75,7 @@ class IngestSummary(Result):
     errors: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     staging_dropped: int = 0  # stale staged files of crashed runs removed at the start
+    journal_rows_loaded: int = 0  # error rows of killed runs loaded from their journals at the start
     seconds: float = 0.0
     status: str = "running"
 
@@ -88,6 +97,7 @@ def ingest(
     workers: int | None = None,
     slicing: "SlicingConfig | None" = None,
     progress: bool = True,
+    site: str | None = None,
 ) -> IngestSummary:
     """Ingest every scan of `archive` into `store`'s `slices/` dataset; return the run's summary.
 
@@ -97,43 +107,61 @@ def ingest(
         address: Ray cluster address; None uses `$RAY_ADDRESS`, else starts a local Ray.
         workers: scans processed at once (default: the local Ray's / the cluster's CPUs).
         slicing: how slices are cut (default `SlicingConfig()`: 96 x 96 px of 1 mm).
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (and rejected inputs with their real paths).
+        site: the archive's site, part of every key (default: derived once per archive, `privacy.py`).
 
     Rejected inputs do not raise: they are counted in the summary and recorded in `errors`. An archive
-    without a single scan raises `InputError` before anything is written (no store is created).
+    without a single scan raises `InputError` before anything is written (no store is created). Nothing
+    identifying is stored: scans and files are pseudonyms (`privacy.py`, `latentstore locate`).
     """
     slicing = slicing or SlicingConfig()
     if slicing.size * slicing.size != IMAGE_PX:
         raise InputError(f"slicing size {slicing.size} does not fit the store's 96x96 image column")
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if site is not None:
+        check_site(site)
     root = Path(archive).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"archive {archive} is not a folder")
     t0 = time.monotonic()
-    sources, scan_errors = scan_archive(root)
+    st = connect(store)
+    # Hash with the store's salt from the start; a new store's salt is written only once there is a scan.
+    salt = st.existing_salt()
+    fresh_salt = None if salt else secrets.token_hex(32).encode()
+    sources, scan_errors = scan_archive(root, salt or fresh_salt)
     if not sources:
         reasons = Counter(reason_key(e.stage, e.reason) for e in scan_errors)
         why = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(5)) or "the folder holds no files"
-        raise InputError(f"no usable CT scan in {archive} ({why}); nothing was written")
-    st = connect(store)
+        raise InputError(f"no usable CT scan in {shown(archive)} ({why}); nothing was written")
     with st.lock("ingest"):
+        if st.salt(initial=fresh_salt) != (salt or fresh_salt):
+            raise StoreError(f"another run created {st.root} while this one scanned the archive; run ingest again")
+        salt = salt or fresh_salt
         _check_one_slicing(st, slicing)
-        salt = st.salt()
-        args = {"archive": str(root), "store": st.root, "address": address, "workers": workers, "slicing": json.loads(slicing.to_json())}
+        site = site or default_site(st, [s.content_hash for s in sources], salt)
+        red = Redactor(root, salt, site)
+        # No archive root, store path, file or scan name in the catalog: the site and the run's settings only.
+        args = {"site": site, "address": address, "workers": workers, "slicing": json.loads(slicing.to_json())}
+        loaded = catalog.apply_journals(st, "ingest")  # rows and ends of runs killed, or whose catalog was busy
         catalog.close_dead_runs(st, "ingest")  # we hold the ingest lock: any "running" ingest is dead
         run_id = catalog.start_run(st, "ingest", args)
-        summary = IngestSummary(run_id=run_id, archive=str(root), store=st.root)
-        errors = _ErrorSink(st, run_id, summary, root)
+        summary = IngestSummary(run_id=run_id, archive=shown(root), store=st.root, site=site, journal_rows_loaded=loaded)
+        errors = _ErrorSink(st, run_id, summary, red, show=progress)
         try:
             summary.staging_dropped = st.slices.clear_staging()
-            summary.files_rejected = len(scan_errors)
             for e in scan_errors:
-                errors.add(ErrorRow(_relative(e.source, root), e.stage, e.reason, scan_id=e.scan_id, level=e.level))
+                if e.duplicate:
+                    summary.duplicates_rejected += 1
+                    summary.duplicates.append(f"{shown(relative(e.source, root))} -> {shown(relative(e.related, root))}")
+                else:
+                    summary.files_rejected += 1
+                reason = e.reason + (f" ({red.file(e.related)})" if e.related else "")
+                errors.add(e.source, e.stage, reason, name=e.name, level=e.level, paths=(e.source, e.related))
             summary.scans_seen = len(sources)
-            keys = {s.scan_id: patient_key(s.patient, salt) for s in sources}
+            ids = {s.name: (red.scan(s.name), red.file(s.ct), site, patient_key(s.patient, salt, site)) for s in sources}
             del salt  # the salt stays in the driver; tasks get finished keys only
-            _run(sources, keys, slicing, st, run_id, root, address, workers, progress, summary, errors)
+            _run(sources, ids, slicing, st, run_id, root, address, workers, progress, summary, errors)
         except BaseException as e:
             summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             summary.seconds = round(time.monotonic() - t0, 3)
@@ -142,8 +170,7 @@ def ingest(
         st.slices.clear_staging(run_id)  # empty by now unless a publish failed; its leftovers are not needed
         summary.status = "ok" if summary.clean else "partial"
         summary.seconds = round(time.monotonic() - t0, 3)
-        errors.flush()
-        catalog.finish_run(st, run_id, summary.status, _counts(summary))
+        errors.finish(summary.status, _counts(summary))
     return summary
 
 
@@ -164,19 +191,20 @@ def _check_one_slicing(st: Store, slicing: "SlicingConfig") -> None:
         )
 
 
-def _run(sources, keys, slicing, st: Store, run_id: str, root: Path, address, workers, progress, summary, errors) -> None:
+def _run(sources, ids, slicing, st: Store, run_id: str, root: Path, address, workers, progress, summary, errors) -> None:
     """Submit one task per new scan with a bounded queue; publish and record results as they arrive."""
-    published_here: dict[str, str] = {}  # part name -> the scan_id that owns it in this run
+    published_here: dict[str, str] = {}  # part name -> the raw name of the scan that owns it in this run
     bar = _Progress(progress, len(sources))
+    errors.bar = bar
     try:
-        todo = list(_new_scans(sources, slicing, st, root, published_here, summary, errors, bar))
+        todo = list(_new_scans(sources, slicing, st, published_here, summary, errors, bar))
         if todo:  # a rerun with nothing new does not pay for starting Ray
-            _submit_all(todo, keys, slicing, st, run_id, root, address, workers, published_here, summary, errors, bar)
+            _submit_all(todo, ids, slicing, st, run_id, root, address, workers, published_here, summary, errors, bar)
     finally:
         bar.close()
 
 
-def _submit_all(todo, keys, slicing, st: Store, run_id, root, address, workers, published_here, summary, errors, bar) -> None:
+def _submit_all(todo, ids, slicing, st: Store, run_id, root, address, workers, published_here, summary, errors, bar) -> None:
     import ray
 
     from .. import cluster
@@ -187,17 +215,17 @@ def _submit_all(todo, keys, slicing, st: Store, run_id, root, address, workers, 
         # CPU waits ready; on a shared cluster `--workers` itself is the cap.
         limit = 2 * cpus if (started or workers is None) else workers
         # The raw patient identifier stays in the driver: tasks get the source without it.
-        args = lambda src: (dataclasses.replace(src, patient=""), keys[src.scan_id], slicing, st.root, run_id, str(root))  # noqa: E731
+        args = lambda src: (dataclasses.replace(src, patient=""), ids[src.name], slicing, st.root, run_id)  # noqa: E731
         for src, result in cluster.task_pool(ingest_scan, todo, args, limit):
             if isinstance(result, ray.exceptions.RayError):
                 # A worker that died (out of memory, segfault in a decoder) takes one scan with it.
-                result = _error(src, root, "worker", f"worker failed: {type(result).__name__}: {str(result).splitlines()[0][:300]}")
+                result = _error("worker", f"worker failed: {type(result).__name__}: {str(result).splitlines()[0][:300]}")
             _handle(result, src, st, run_id, published_here, summary, errors)
             bar.advance(summary)
             errors.maybe_flush()
 
 
-def _new_scans(sources, slicing, st: Store, root: Path, published_here: dict, summary, errors, bar):
+def _new_scans(sources, slicing, st: Store, published_here: dict, summary, errors, bar):
     """The scans that need a task, in archive order. A scan whose content hash the scanner already
     knows is skipped here when its part is published, and rejected as a duplicate when an earlier scan
     of this run has the same bytes (the first one in archive order is kept, so reruns agree)."""
@@ -207,10 +235,10 @@ def _new_scans(sources, slicing, st: Store, root: Path, published_here: dict, su
             yield src  # the task hashes it; duplicates are then caught as results arrive
             continue
         part = part_name(src.content_hash, slicing.hash)
-        first = published_here.setdefault(part, src.scan_id)
-        if first != src.scan_id:
+        first = published_here.setdefault(part, src.name)
+        if first != src.name:
             summary.scans_rejected += 1
-            errors.add(ErrorRow(_relative(src.ct, root), "publish", f"duplicate: same content as scan {first}", scan_id=src.scan_id))
+            errors.scan_error(src, "publish", f"duplicate: same content as scan {errors.red.scan(first)}")
             bar.advance(summary)
         elif part in published:
             summary.scans_skipped += 1
@@ -221,28 +249,33 @@ def _new_scans(sources, slicing, st: Store, root: Path, published_here: dict, su
 
 def _handle(result: dict, src, st: Store, run_id: str, published_here: dict, summary: IngestSummary, errors: "_ErrorSink") -> None:
     kind = result["kind"]
-    source = result.get("source", src.scan_id)
     if kind == "error":
         summary.scans_rejected += 1
-        errors.add(ErrorRow(source, result["stage"], result["reason"], scan_id=src.scan_id))
+        errors.scan_error(src, result["stage"], result["reason"])
         return
     part = result["part"]
-    first = published_here.setdefault(part, src.scan_id)
-    if first != src.scan_id:
+    first = published_here.setdefault(part, src.name)
+    if first != src.name:
         # Same bytes as a scan already handled in this run: store it once, say so for the other.
         summary.scans_rejected += 1
-        errors.add(ErrorRow(source, "publish", f"duplicate: same content as scan {first}", scan_id=src.scan_id))
+        errors.scan_error(src, "publish", f"duplicate: same content as scan {errors.red.scan(first)}")
         if kind == "staged":
             st.slices.discard_staged(run_id, part)
         return
     if kind == "skipped":
         summary.scans_skipped += 1
         return
+    # The scan's error rows are on disk before its part is visible: a kill between the two loses none.
+    for level, reason in result["rejected_levels"]:
+        summary.levels_rejected += 1
+        errors.scan_error(src, "cut", f"{_name(level)}: {reason}", level=level)
+    errors.end_scan(src)
+    errors.sync()
     try:
         fresh = st.slices.publish(run_id, part)
     except OSError as e:
         summary.scans_rejected += 1
-        errors.add(ErrorRow(source, "publish", f"cannot publish part: {e}", scan_id=src.scan_id))
+        errors.scan_error(src, "publish", f"cannot publish part: {e}")
         st.slices.discard_staged(run_id, part)
         return
     if not fresh:
@@ -250,56 +283,54 @@ def _handle(result: dict, src, st: Store, run_id: str, published_here: dict, sum
         return
     summary.scans_ingested += 1
     summary.slices_written += result["rows"]
-    for level, reason in result["rejected_levels"]:
-        summary.levels_rejected += 1
-        errors.add(ErrorRow(source, "cut", f"{_name(level)}: {reason}", scan_id=src.scan_id, level=level))
 
 
 # -- the task: plain Python, run by Ray workers -----------------------------------------------------------
 
 
-def ingest_scan(src, patient_key_: str, slicing, store_root: str, run_id: str, archive: str) -> dict:
+def ingest_scan(src, ids: tuple[str, str, str, str], slicing, store_root: str, run_id: str) -> dict:
     """One scan -> a staged part file. Returns a small dict: `kind` is "staged", "skipped" or "error".
 
+    `ids`: the scan's (scan_id, source_uri, site, patient_key), pseudonyms made by the driver.
     Never raises for bad input: the driver turns an "error" result into an `errors` row.
     """
-    root = Path(archive)
-    source = _relative(src.ct, root)
     content_hash = src.content_hash
     if not content_hash:
         try:
             content_hash = hash_files(src.files or (src.ct,))
         except OSError as e:
-            return _error(src, root, "read", f"cannot read: {e.strerror or e}")
+            return _error("read", f"cannot read: {e.strerror or e}")
     part = part_name(content_hash, slicing.hash)
     st = Store(store_root)
     if st.slices.has_part(part):  # the driver checked already, unless the scanner left the hash to us
-        return {"kind": "skipped", "part": part, "source": source}
+        return {"kind": "skipped", "part": part}
     try:
         vol = load_scan(src)
     except LatentstoreError as e:
-        return _error(src, root, "load", str(e))
+        return _error("load", str(e))
     except Exception as e:  # decoders raise many types on corrupt files; each is a bad input here
-        return _error(src, root, "load", f"unreadable ({type(e).__name__}): {e}")
+        return _error("load", f"unreadable ({type(e).__name__}): {e}")
     try:
         cuts, rejected = cut_slices(vol, slicing)
     except LatentstoreError as e:
-        return _error(src, root, "cut", str(e))
+        return _error("cut", str(e))
     except Exception as e:
-        return _error(src, root, "cut", f"cannot cut slices ({type(e).__name__}): {e}")
+        return _error("cut", f"cannot cut slices ({type(e).__name__}): {e}")
     if not cuts:
-        why = "; ".join(f"{_name(lv)}: {r}" for lv, r in rejected) or "no centroids"
-        return _error(src, root, "cut", f"no vertebra could be cut ({why})")
-    table = slices_table(src, source, content_hash, patient_key_, vol, cuts, slicing)
+        why = "; ".join(f"{_name(lv)}: {r}" for lv, r in rejected[:5]) or "no centroids"
+        more = f"; and {len(rejected) - 5} more" if len(rejected) > 5 else ""
+        return _error("cut", f"no vertebra could be cut ({why}{more})")
+    table = slices_table(src, ids, content_hash, vol, cuts, slicing)
     try:
         st.slices.write_staged(table, run_id, part)
     except OSError as e:
-        return _error(src, root, "write", f"cannot write staged part: {e}")
-    return {"kind": "staged", "part": part, "source": source, "rows": table.num_rows, "rejected_levels": [(int(lv), _scrub(str(r), root)) for lv, r in rejected]}
+        return _error("write", f"cannot write staged part: {e}")
+    return {"kind": "staged", "part": part, "rows": table.num_rows, "rejected_levels": [(int(lv), str(r)) for lv, r in rejected]}
 
 
-def slices_table(src, source: str, content_hash: str, patient_key_: str, vol, cuts, slicing) -> pa.Table:
+def slices_table(src, ids: tuple[str, str, str, str], content_hash: str, vol, cuts, slicing) -> pa.Table:
     """The rows of one scan, in the Arrow schema of `schemas/slices.sql`, superior level first."""
+    scan_id, source_uri, site, key = ids
     rank = {label: i for i, label in enumerate(ORDER)}
     cuts = sorted(cuts, key=lambda c: rank.get(int(c.level), 99))
     n = len(cuts)
@@ -313,11 +344,12 @@ def slices_table(src, source: str, content_hash: str, patient_key_: str, vol, cu
     schema = arrow_schema("slices")
     columns = {
         "slice_id": pa.array([slice_id(content_hash, c.level, slicing_hash) for c in cuts], pa.int64()),
-        "scan_id": pa.array([src.scan_id] * n, pa.string()),
-        "patient_key": pa.array([patient_key_] * n, pa.string()),
+        "scan_id": pa.array([scan_id] * n, pa.string()),
+        "patient_key": pa.array([key] * n, pa.string()),
+        "site": pa.array([site] * n, pa.string()),
         "level": pa.array([int(c.level) for c in cuts], pa.int16()),
         "level_name": pa.array([level_name(c.level) for c in cuts], pa.string()),
-        "source_uri": pa.array([source] * n, pa.string()),
+        "source_uri": pa.array([source_uri] * n, pa.string()),
         "source_format": pa.array([src.format] * n, pa.string()),
         "content_hash": pa.array([content_hash] * n, pa.string()),
         "centroid_mm": _fixed(centroids.ravel(), 3, schema.field("centroid_mm").type),
@@ -354,55 +386,109 @@ def _fixed(values: np.ndarray, size: int, type_: pa.DataType) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(values, type_.value_type), type=type_)
 
 
-def _error(src, root: Path, stage: str, reason: str) -> dict:
-    return {"kind": "error", "source": _relative(src.ct, root), "stage": stage, "reason": _scrub(reason, root)}
-
-
-def _relative(path, root: Path) -> str:
-    """A source as stored: relative to the archive root, so the root's own (possibly identifying)
-    folder names never enter the store; the root itself is in the run's `args`."""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(root).as_posix()
-    except (ValueError, OSError):
-        return p.name
-
-
-def _scrub(reason: str, root: Path) -> str:
-    # Readers name files with absolute paths; keep them archive-relative in the catalog.
-    return str(reason).replace(f"{root}/", "").replace(str(root), ".")
+def _error(stage: str, reason: str) -> dict:
+    return {"kind": "error", "stage": stage, "reason": str(reason)}
 
 
 # -- driver helpers -------------------------------------------------------------------------------------
 
 
 class _ErrorSink:
-    """Buffers error rows and writes them to the catalog in batches (one short catalog lock each)."""
+    """The run's error rows: scrubbed of names, shown with their real paths on the terminal, written
+    through a journal (`catalog.Journal`) that is on disk before the catalog, and loaded into the
+    catalog in batches (one short catalog lock each; a busy catalog is retried later)."""
 
-    def __init__(self, st: Store, run_id: str, summary: IngestSummary, root: Path):
-        self.st, self.run_id, self.summary, self.root = st, run_id, summary, root
-        self.buffer: list[ErrorRow] = []
+    def __init__(self, st: Store, run_id: str, summary: IngestSummary, red: Redactor, show: bool = True):
+        self.st, self.run_id, self.summary, self.red, self.show = st, run_id, summary, red, show
+        self.journal = catalog.Journal(st, run_id)
+        self.pending: list[ErrorRow] = []
+        self.applied = 0  # journal rows already in the catalog
         self.reasons: Counter[str] = Counter()
+        self.per_scan: Counter[str] = Counter()
+        self.overflow: dict[str, Counter] = {}
         self.last = time.monotonic()
+        self.bar = None
 
-    def add(self, row: ErrorRow) -> None:
-        row = ErrorRow(row.source, row.stage, _scrub(row.reason, self.root), row.scan_id, row.level)
-        self.buffer.append(row)
+    def add(self, source, stage: str, reason: str, name: str | None = None, level: int | None = None, paths=()) -> None:
+        """One error row: `source` is a real path (stored as its pseudonym), `name` the raw scan name."""
+        scan_id = self.red.scan(name) if name else None
+        if scan_id is not None:
+            self.per_scan[scan_id] += 1
+            if self.per_scan[scan_id] > MAX_ERRORS_PER_SCAN:
+                self.overflow.setdefault(scan_id, Counter())[reason_key(stage, self.red.scrub(reason, paths))] += 1
+                self._count(stage, reason)
+                return
+        clean = self.red.scrub(reason, (source, *paths))
+        row = ErrorRow(self.red.file(source), stage, clean, scan_id, level)
+        self.journal.add(row)
+        self.pending.append(row)
+        self._count(stage, clean)
+        if self.show and self.summary.errors <= MAX_SHOWN:
+            self._print(f"rejected {shown(relative(source, self.red.root))}: {stage}: {reason}")
+        elif self.show and self.summary.errors == MAX_SHOWN + 1:
+            self._print("more rejected inputs: see the errors table; `latentstore locate` maps a pseudonym to its file")
+
+    def scan_error(self, src, stage: str, reason: str, level: int | None = None) -> None:
+        self.add(src.ct, stage, reason, name=src.name, level=level, paths=(src.ct, src.centroids, src.mask, *src.files))
+
+    def end_scan(self, src) -> None:
+        """One row summarising the rows of `src` beyond `MAX_ERRORS_PER_SCAN`, if there were any."""
+        scan_id = self.red.scan(src.name)
+        extra = self.overflow.pop(scan_id, None)
+        if extra:
+            n = sum(extra.values())
+            top = "; ".join(f"{k} x{v}" for k, v in extra.most_common(3))
+            row = ErrorRow(self.red.file(src.ct), "summary", f"{n} more error row(s) of this scan not stored one by one: {top}", scan_id)
+            self.journal.add(row)
+            self.pending.append(row)
+
+    def _count(self, stage: str, reason: str) -> None:
         self.summary.errors += 1
-        self.reasons[reason_key(row.stage, row.reason)] += 1
+        self.reasons[reason_key(stage, reason)] += 1
         self.summary.errors_by_reason = dict(self.reasons.most_common())
 
-    def maybe_flush(self) -> None:
-        if self.buffer and time.monotonic() - self.last > ERROR_FLUSH_S:
-            try:
-                self.flush()
-            except StoreError:
-                self.last = time.monotonic()  # the catalog is busy: keep the rows, try again later
+    def _print(self, line: str) -> None:
+        import sys
 
-    def flush(self) -> None:
-        catalog.record_errors(self.st, self.run_id, self.buffer)  # raises before the buffer is dropped
-        self.buffer = []
+        console = getattr(getattr(self.bar, "progress", None), "console", None)
+        if console is not None:
+            console.print(line, markup=False, highlight=False, soft_wrap=True, style="red")
+        else:
+            print(line, file=sys.stderr)
+
+    def sync(self) -> None:
+        self.journal.sync()
+
+    def maybe_flush(self) -> None:
+        if self.pending and time.monotonic() - self.last > ERROR_FLUSH_S:
+            try:
+                self.flush(FLUSH_WAIT_S)
+            except StoreError:
+                self.last = time.monotonic()  # the catalog is busy: the rows are in the journal; try later
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        catalog.record_errors(self.st, self.run_id, self.pending, first_seq=self.applied, timeout_s=timeout_s)
+        self.applied += len(self.pending)
+        self.pending = []
         self.last = time.monotonic()
+
+    def finish(self, status: str, counts: dict) -> None:
+        """The run's end: journal first, then the catalog; a catalog that stays busy is a clear error
+        and the journal keeps everything for the next run."""
+        for scan_id in list(self.overflow):
+            extra = self.overflow.pop(scan_id)
+            row = ErrorRow("", "summary", f"{sum(extra.values())} more error row(s) of this scan not stored one by one", scan_id)
+            self.journal.add(row)
+            self.pending.append(row)
+        self.journal.finish(status, counts)
+        try:
+            self.flush()
+            catalog.finish_run(self.st, self.run_id, status, counts)
+        except StoreError as e:
+            self.journal.close()
+            raise StoreError(f"{e}. The run's {self.journal.rows} error row(s) and its end ({status}) are safe in "
+                             f"{self.journal.path} and enter the catalog at the next ingest") from None
+        self.journal.close(remove=True)
 
 
 def reason_key(stage: str, reason: str) -> str:
@@ -418,16 +504,15 @@ def reason_key(stage: str, reason: str) -> str:
 
 
 def _counts(summary: IngestSummary) -> dict:
-    keep = ("files_rejected", "scans_seen", "scans_ingested", "scans_skipped", "scans_rejected", "slices_written", "levels_rejected", "errors", "errors_by_reason", "seconds")
+    keep = ("site", "files_rejected", "duplicates_rejected", "scans_seen", "scans_ingested", "scans_skipped", "scans_rejected", "slices_written", "levels_rejected", "errors", "errors_by_reason", "seconds")
     return {k: getattr(summary, k) for k in keep}
 
 
 def _finish_quietly(st: Store, run_id: str, errors: _ErrorSink, summary: IngestSummary) -> None:
     # The run is failing already; keep what it learned, but let its own exception be the one shown.
     try:
-        errors.flush()
-        catalog.finish_run(st, run_id, summary.status, _counts(summary))
-    except Exception:
+        errors.finish(summary.status, _counts(summary))
+    except Exception:  # noqa: BLE001
         pass
 
 
@@ -452,11 +537,15 @@ def summary_table(s: IngestSummary):
     table.add_column(style="bold", min_width=32)
     table.add_column(justify="right")
     for label, value in [
-        ("files rejected (no scan)", s.files_rejected), ("scans seen", s.scans_seen), ("scans ingested", s.scans_ingested), ("scans skipped (already stored)", s.scans_skipped),
+        ("files rejected (no scan)", s.files_rejected), ("duplicate copies rejected", s.duplicates_rejected), ("scans seen", s.scans_seen), ("scans ingested", s.scans_ingested), ("scans skipped (already stored)", s.scans_skipped),
         ("scans rejected", s.scans_rejected), ("slices written", s.slices_written), ("vertebrae rejected", s.levels_rejected),
         ("error records", s.errors),
     ]:  # fmt: skip
         table.add_row(label, str(value))
     for reason, n in list(s.errors_by_reason.items())[:12]:
         table.add_row(f"  {reason}", str(n), style="red")
-    return Group(table, Text(f"run {s.run_id}: {s.status}, {s.seconds:.1f} s", style="dim"))
+    for dup in s.duplicates[:10]:
+        table.add_row(f"  duplicate {dup}", "", style="yellow")
+    if len(s.duplicates) > 10:
+        table.add_row(f"  ... {len(s.duplicates) - 10} more duplicates", "", style="yellow")
+    return Group(table, Text(f"run {s.run_id} (site {s.site}): {s.status}, {s.seconds:.1f} s", style="dim"))

@@ -11,9 +11,10 @@ class ScanSource:
     """One CT volume to ingest.
 
     Args:
-        scan_id: stable, human-usable name: BIDS subject plus entities (`sub-verse004`,
-            `sub-verse004_dir-ax`), the NIfTI file stem, or for DICOM `"dcm-"` + the first 12 hex of
-            sha256(SeriesInstanceUID). Unique within one `scan_archive` result.
+        name: the raw scan name: BIDS subject plus entities (`sub-verse004`, `sub-verse004_dir-ax`),
+            the NIfTI file stem, or for DICOM `dicom-series:<SeriesInstanceUID>`. Unique within one
+            `scan_archive` result. May identify a patient: the store holds only its pseudonym
+            (`scan_id`), and the raw name stays in the driver.
         format: `"nifti"` or `"dicom"`.
         ct: the CT file, or the folder holding the chosen DICOM series.
         files: every file whose bytes make up the scan (the CT file, or the chosen series' files,
@@ -26,9 +27,11 @@ class ScanSource:
         content_hash: sha256 hex of the CT file's bytes; for a DICOM series, sha256 over the
             concatenated sha256 digests (32 raw bytes each) of `files` in order. Computed while
             scanning, so the run need not read the files again to know whether a scan is new.
+        mask_format: `"verse"` (a VerSe-numbered label file), `"totalseg"` (a TotalSegmentator folder
+            of per-level masks) or `"totalseg-ml"` (its multilabel file); see `totalseg.py`.
     """
 
-    scan_id: str
+    name: str
     format: str
     ct: Path
     files: tuple[Path, ...]
@@ -36,6 +39,7 @@ class ScanSource:
     mask: Path | None
     patient: str
     content_hash: str = ""
+    mask_format: str = "verse"
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,17 @@ class ErrorRecord:
     Args:
         source: path of the offending file or folder.
         stage: where it failed: `"scan"`, `"load"`, `"slice"`, ...
-        reason: one readable line, never patient data.
-        scan_id: the scan it belongs to, when known.
+        reason: one readable line; file names in it are replaced by pseudonyms before it is stored.
+        name: the raw name of the scan it belongs to, when known.
         level: the VerSe label when only one vertebra was rejected.
+        related: another file the reason refers to (the copy kept instead of a duplicate).
+        duplicate: True for a copy rejected because another file has the same bytes.
     """
 
     source: str
     stage: str
     reason: str
-    scan_id: str | None = None
+    name: str | None = None
     level: int | None = None
+    related: str | None = None
+    duplicate: bool = False
