@@ -5,7 +5,8 @@ holds the file lock `catalog.lock` for the few milliseconds of one transaction a
 database again; long runs (ingest) open it briefly per batch of records instead of holding it.
 Readers use `reader()`, which opens the file read-only, so a query can never change data.
 
-Tables come from the DDL files in `schemas/` (`runs.sql`, `errors.sql`). Each Parquet dataset of the store
+Tables come from the DDL files in `schemas/` (`runs.sql`, `errors.sql`, `label_imports.sql`,
+`label_rows.sql`; the view `labels` shows each label source's latest import). Each Parquet dataset of the store
 (`store.DATASETS`: `slices`, `latents`) has a view over its published part files (never `_staging/`);
 views are refreshed by every writer.
 """
@@ -28,7 +29,11 @@ from .schema import ddl
 from .store import DATASETS, Store
 
 CATALOG = "catalog.duckdb"
-TABLES = ("runs", "errors")
+TABLES = ("runs", "errors", "label_imports", "label_rows")
+# The current labels: the rows of each source's latest import (`labels.py`); older imports stay in label_rows.
+LABELS_VIEW = """CREATE VIEW IF NOT EXISTS labels AS
+SELECT r.*, i.imported_at FROM label_rows r JOIN label_imports i USING (import_id)
+WHERE r.import_id IN (SELECT arg_max(import_id, imported_at) FROM label_imports GROUP BY source)"""
 LOCK_TIMEOUT_S = 120.0
 TIMEOUT_ENV = "LATENTSTORE_CATALOG_TIMEOUT_S"  # how long a writer waits for a busy catalog
 JOURNALS = "journal"  # <store>/journal/<run_id>.jsonl: a run's error rows and end, on disk before the catalog
@@ -134,6 +139,7 @@ def _ensure_tables(con) -> None:
             con.execute(ddl(table))
     # Catalogs written before `errors.seq` existed gain the column (NULL for their old rows).
     con.execute("ALTER TABLE errors ADD COLUMN IF NOT EXISTS seq INTEGER")
+    con.execute(LABELS_VIEW)
 
 
 def _refresh_views(con, store: Store) -> None:

@@ -51,7 +51,7 @@ class _Group(TyperGroup):
 
 
 SETTINGS = {"help_option_names": ["-h", "--help"]}
-FLOW = ("synth", "ingest", "locate", "slices", "train", "encode", "sql", "eval")
+FLOW = ("synth", "ingest", "locate", "slices", "train", "encode", "index", "labels", "search", "sql", "eval")
 
 
 def _typer(**kw) -> typer.Typer:
@@ -226,6 +226,59 @@ def locate(
         raise InputError(f"no file or scan of {archive} has the pseudonym {pseudonym} under this store's salt and sites")
 
 
+@app.command()
+def index(
+    model: ModelOpt = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build from scratch instead of adding new latents.")] = False,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build or update the FAISS index of a model's latents (exact below 50k vectors, HNSW above)."""
+    from .index import build_index
+
+    _emit(build_index(_connect(store), model, rebuild=rebuild), json_out)
+
+
+@app.command()
+def search(
+    slice_id: Annotated[Optional[int], typer.Argument(help="A stored slice id as the query.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", metavar="FILE", help="A 96x96 slice as the query: .npy in HU, or a bone-window PNG.")] = None,
+    vector: Annotated[Optional[Path], typer.Option("--vector", metavar="FILE", help="A z_sem vector (.npy, 512 values) as the query.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, metavar="K", help="Neighbours to return.")] = 10,
+    where: Annotated[Optional[str], typer.Option("--where", metavar="SQL", help="Predicate over s (slices) and l (labels), e.g. \"l.grade >= 2\".")] = None,
+    model: ModelOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", metavar="PNG", help="PNG of the query and its neighbours (default: STORE/pictures/search-<id>.png).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """The k nearest stored vertebrae of a query, with level, scan pseudonym and labels; and a picture."""
+    from .search import search as run_search
+
+    _emit(run_search(_connect(store), slice_id, image, vector, k=k, where=where, model=model,
+                     picture=out_file if out_file is not None else True), json_out)
+
+
+labels_app = _typer(help="Grade and fracture labels in the catalog.")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("import")
+def labels_import(
+    file: Annotated[Path, typer.Argument(help="A VerSe grade table, a grades JSON, a manifest CSV, a long CSV (scan, level, grade/fracture) or a synth ground_truth.csv.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", metavar="FMT", help="verse-wide | grades-json | manifest | long (default: told by the content).")] = None,
+    source: Annotated[Optional[str], typer.Option("--source", metavar="NAME", help="The label set's name (default: the file's stem); a new file for a source replaces its current labels.")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import labels, matched to stored scans by the archive's names (stored as pseudonyms only).
+
+    Re-importing the same file is a no-op; malformed rows are rejected with their line numbers, the rest kept.
+    """
+    from .labels import import_labels
+
+    _emit(import_labels(_connect(store), file, fmt, source), json_out)
+
+
 @slices_app.command("show")
 def slices_show(
     slice_id: Annotated[Optional[int], typer.Argument(help="A slice id.")] = None,
@@ -314,18 +367,27 @@ def encode(
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help='SQL, e.g. "SELECT stage, reason, count(*) FROM errors GROUP BY ALL".')],
-    fmt: Annotated[str, typer.Option("--format", metavar="FMT", help="table | csv | json (one array) | jsonl (one object a line).")] = "table",
+    fmt: Annotated[str, typer.Option("--format", metavar="FMT", help="table | csv | json (one array) | jsonl (one object a line) | parquet (needs --out).")] = "table",
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Rows shown in the table format.")] = 50,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, metavar="S", help="Interrupt the query after S seconds.")] = 60.0,
+    out_file: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write the result to FILE (parquet; other formats print).")] = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
-    """Read-only SQL over the catalog: tables runs, errors; views slices, latents (Parquet)."""
+    """Read-only SQL over the catalog: tables runs, errors, label_imports, label_rows; views slices, latents, labels."""
     from .sql import FORMATS, render
     from .sql import query as run_query
 
-    if fmt not in FORMATS:
-        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in (*FORMATS, "parquet"):
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, parquet; got {fmt!r}")
+    if fmt == "parquet" and (out_file is None or out_file.suffix != ".parquet"):
+        raise InputError("--format parquet writes a file: give --out FILE.parquet")
     result = run_query(_connect(store), query, timeout_s=timeout)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, out_file, compression="zstd")
+        out.print(f"{result.num_rows} rows -> {out_file}")
+        return
     if fmt != "table":
         print(render(result, fmt))
         return
@@ -373,7 +435,7 @@ def eval_recon(
 
 @eval_app.command("probe")
 def eval_probe(
-    labels: Annotated[Optional[Path], typer.Option("--labels", metavar="FILE", help="ground_truth.csv of a synth archive, or a CSV of scan, level, grade[, height_loss].")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", metavar="FILE", help="ground_truth.csv of a synth archive, or a CSV of scan, level, grade[, height_loss] (default: the catalog's labels).")] = None,
     model: ModelOpt = None,
     folds: Annotated[int, typer.Option("--folds", min=2, metavar="K", help="Patient-grouped cross-validation folds.")] = 5,
     seeds: Annotated[int, typer.Option("--seeds", min=1, metavar="N", help="Split seeds the cross-validation is repeated over.")] = 3,

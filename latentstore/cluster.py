@@ -44,7 +44,9 @@ def init(address: str | None = None, num_cpus: int | None = None, num_gpus: int 
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
+            # address="local": always a fresh local Ray, never a `ray start` head that happens to run here
+            # (plain ray.init() would join it, and refuse num_cpus); a cluster is chosen with --address.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
                      logging_level=logging.WARNING, object_store_memory=LOCAL_OBJECT_STORE)
             from . import reaper
 

@@ -103,7 +103,28 @@ class ProbeData:
         return len(self.slice_id)
 
 
-def probe_data(store, labels: str | Path) -> ProbeData:
+def catalog_labels(st) -> dict[tuple[str, int], Label]:
+    """(scan_id, level) -> Label from the catalog's current labels (`latentstore labels import`)."""
+    from . import catalog
+    from .errors import StoreError
+
+    try:
+        con = catalog.reader(st)
+    except StoreError:
+        con = None
+    rows = []
+    if con is not None:
+        try:
+            rows = con.execute("SELECT scan_id, level, grade, height_loss FROM labels WHERE grade IS NOT NULL").fetchall()
+        finally:
+            con.close()
+    if not rows:
+        raise InputError("no labels: pass --labels FILE (a synth ground_truth.csv, or a CSV of scan, level, grade), "
+                         "or import them first with `latentstore labels import FILE`")
+    return {(s, int(lv)): Label(int(g), math.nan if h is None else float(h)) for s, lv, g, h in rows}
+
+
+def probe_data(store, labels: str | Path | None) -> ProbeData:
     """Join the store's slices with the labels file on (scan_id, level): the labels name scans as the
     archive does, matched to the store's pseudonyms under the store's salt (`privacy.by_scan_id`)."""
     from .ingest.privacy import by_scan_id
@@ -112,7 +133,7 @@ def probe_data(store, labels: str | Path) -> ProbeData:
 
     table = read_slices(store, columns=["slice_id", "scan_id", "patient_key", "level", "image"])
     table = table.sort_by("slice_id")
-    lab = by_scan_id(connect(store), load_labels(labels))
+    lab = by_scan_id(connect(store), load_labels(labels)) if labels is not None else catalog_labels(connect(store))
     scans, levels = table.column("scan_id").to_pylist(), table.column("level").to_pylist()
     hit = [lab.get((s, int(lv))) for s, lv in zip(scans, levels)]
     keep = np.array([h is not None for h in hit])
@@ -312,8 +333,6 @@ def eval_probe(store, model: str | None = None, labels: str | Path | None = None
     from .checkpoint import load_model
     from .model import DiffusionAutoencoder
 
-    if labels is None:
-        raise InputError("no labels: pass --labels FILE (a synth ground_truth.csv, or a CSV of scan, level, grade)")
     if k < 2 or not seeds:
         raise InputError(f"need --folds >= 2 and at least one seed (got folds={k}, seeds={list(seeds)})")
     t0 = time.perf_counter()

@@ -321,6 +321,24 @@ class Store:
         """`index/<model_id>.faiss` (its JSON sidecar sits beside it)."""
         return self.path(INDEX, f"{model_id}.faiss")
 
+    def search(self, query, k: int = 10, where: str | None = None, model: str | None = None):
+        """The `k` nearest stored slices of `query` (a slice id, or a 512-d z_sem array): a `SearchResult`
+        (`.rows`, `.to_dict()`); `where` is a SQL predicate over `s` (slices) and `l` (labels)."""
+        import numpy as np
+
+        from .search import search
+
+        if isinstance(query, (int, np.integer)):
+            return search(self, slice_id=int(query), k=k, where=where, model=model)
+        return search(self, vector=np.asarray(query, np.float32), k=k, where=where, model=model)
+
+    @property
+    def labels(self) -> pa.Table:
+        """The current labels (view `labels`) as Arrow."""
+        from .labels import current_labels
+
+        return current_labels(self)
+
     def sql(self, query: str) -> pa.Table:
         """Read-only SQL over the catalog and the Parquet views, as Arrow (`.to_pandas()` for pandas)."""
         from .sql import query as run
