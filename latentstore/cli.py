@@ -233,7 +233,7 @@ def index(
     store: StoreOpt = DEFAULT_STORE,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build or update the FAISS index of a model's latents (exact below 50k vectors, HNSW above)."""
+    """Build or update the FAISS index of a model's latents (exact up to 15k vectors, HNSW above)."""
     from .index import build_index
 
     _emit(build_index(_connect(store), model, rebuild=rebuild), json_out)

@@ -26,8 +26,8 @@ from .index import load_index, normalise, read_latents, resolve_model_id
 from .result import Result
 from .store import Store, connect
 
-EXACT_BELOW = 0.05  # candidate share under which a filtered search goes exact over the subset
-OVERFETCH = 4  # a filtered ANN search asks the index for k / selectivity * OVERFETCH
+EXACT_BELOW = 0.10  # candidate share under which a filtered search goes exact over the subset (bench/search.py)
+OVERFETCH = 8  # a filtered ANN search asks the index for k / selectivity * OVERFETCH, at 4x that depth
 
 
 @dataclass
@@ -128,25 +128,9 @@ def search(store: Store | str | None, slice_id: int | None = None, image=None, v
     model_id = resolve_model_id(st, model)
     q, what = _query_vector(st, model_id, slice_id, image, vector)
     index, meta = load_index(st, model_id)
-    n = int(index.ntotal)
-    if where:
-        allowed = candidates(st, where)
-        sel = len(allowed) / max(n, 1)
-        if not len(allowed):
-            ids, dist, method = np.array([], np.int64), np.array([]), "no slice matches --where"
-        elif sel < EXACT_BELOW:
-            ids, dist = _exact(st, model_id, q, allowed, k)
-            method = f"exact over {len(allowed)} filtered ({sel:.1%})"
-        else:
-            fetch = min(n, math.ceil(k / sel * OVERFETCH))
-            ids, dist = _ann(index, q, fetch)
-            keep = np.isin(ids, allowed)
-            ids, dist, method = ids[keep][:k], dist[keep][:k], f"index, filtered ({sel:.1%})"
-            if len(ids) < min(k, len(allowed)):
-                ids, dist = _exact(st, model_id, q, allowed, k)
-                method = f"exact over {len(allowed)} filtered ({sel:.1%}; the index returned too few)"
-    else:
-        ids, dist = _ann(index, q, min(k, n))
+    allowed = candidates(st, where) if where else None
+    ids, dist, method = knn(index, q, k, allowed, lambda sub: _latents_of(st, model_id, sub))
+    if allowed is None:
         method = meta["factory"]
     result = SearchResult(model_id, what, k, method, _describe(st, ids, dist))
     if picture:
@@ -154,15 +138,57 @@ def search(store: Store | str | None, slice_id: int | None = None, image=None, v
     return result
 
 
-def _ann(index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    sims, ids = index.search(q[None].astype(np.float32), k)
+def knn(index, q: np.ndarray, k: int, allowed: np.ndarray | None = None, vectors_of=None) -> tuple[np.ndarray, np.ndarray, str]:
+    """`(ids, distances, method)` of the `k` nearest of the unit vector `q` in `index`, among `allowed` ids
+    when given (`vectors_of(ids) -> (ids, unit vectors)` serves the exact pass over a filtered subset)."""
+    n = int(index.ntotal)
+    if allowed is None:
+        ids, dist = _ann(index, q, min(k, n))
+        return ids, dist, "index"
+    sel = len(allowed) / max(n, 1)
+    if not len(allowed):
+        return np.array([], np.int64), np.array([]), "no slice matches --where"
+    if sel < EXACT_BELOW:
+        ids, dist = _exact(vectors_of(allowed), q, k)
+        return ids, dist, f"exact over {len(allowed)} filtered ({sel:.1%})"
+    fetch = min(n, math.ceil(k / sel * OVERFETCH))
+    ids, dist = _ann(index, q, fetch, ef=4 * fetch)
+    sorted_allowed = allowed if np.all(allowed[:-1] <= allowed[1:]) else np.sort(allowed)
+    at = np.minimum(np.searchsorted(sorted_allowed, ids), len(sorted_allowed) - 1)
+    keep = sorted_allowed[at] == ids  # membership without re-sorting a large `allowed` per query
+    ids, dist = ids[keep][:k], dist[keep][:k]
+    if len(ids) < min(k, len(allowed)):
+        ids, dist = _exact(vectors_of(allowed), q, k)
+        return ids, dist, f"exact over {len(allowed)} filtered ({sel:.1%}; the index returned too few)"
+    return ids, dist, f"index, filtered ({sel:.1%})"
+
+
+def _ann(index, q: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Index search; `ef` raises an HNSW's efSearch for this query (a filtered search reads deeper lists)."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else None
+    hnsw = getattr(inner, "hnsw", None)
+    old = hnsw.efSearch if hnsw is not None else None
+    if hnsw is not None and ef and ef > old:
+        hnsw.efSearch = min(int(ef), 4096)
+    try:
+        sims, ids = index.search(q[None].astype(np.float32), k)
+    finally:
+        if hnsw is not None:
+            hnsw.efSearch = old
     keep = ids[0] >= 0
     return ids[0][keep].astype(np.int64), np.maximum(1.0 - sims[0][keep], 0.0)
 
 
-def _exact(st: Store, model_id: str, q: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _latents_of(st: Store, model_id: str, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids, z = read_latents(st, model_id, allowed)
-    sims = normalise(z) @ q
+    return ids, normalise(z)
+
+
+def _exact(vectors: tuple[np.ndarray, np.ndarray], q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, z = vectors
+    sims = z @ q
     order = np.argsort(-sims, kind="stable")[:k]
     return ids[order], np.maximum(1.0 - sims[order], 0.0)
 
