@@ -44,7 +44,7 @@ RECIPES: dict[str, dict] = {
                                 init_from="d5d48b315b732aeb"),
     # stage 3: on from the shipped stage-2 default (192k images), same recipe, fresh optimiser
     "cpu48-stage3-enc0.1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
-                                init_from="74587138ca010ec2"),
+                                init_from="74587138ca010ec2"),  # shipped at +160k images as ad8f3e12f9115ba0
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }

@@ -100,3 +100,29 @@ def write_dicom_scan(folder: Path, seed: int, patient_id: str, patient_name: str
     rows = [{"label": lab, "x": -c[0], "y": -c[1], "z": c[2]} for lab, c in centroids.items()]
     (folder / "centroids.json").write_text(json.dumps({"space": "RAS", "centroids": rows}))
     return folder
+
+
+def sigkill_ingest_after(archive: Path, store: Path, parts: int, whole_group: bool) -> None:
+    """Run `jobs/ingest.py` in its own session and SIGKILL it once `parts` slice parts are published: only
+    the driver (`whole_group=False`: its local Ray must follow it alone) or its whole process group."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, str(job), str(archive), "--store", str(store), "--workers", "1", "--json"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((store / "slices").glob("*.parquet"))) < parts:
+            assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: nothing cleans up
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ingest_phantom import CENTRES_Z, LEVELS, make_archive, phantom, write_centroids, write_scan
+from ingest_phantom import CENTRES_Z, LEVELS, make_archive, phantom, sigkill_ingest_after, write_centroids, write_scan
 from latentstore import catalog
 from latentstore.cli import app
 from latentstore.errors import InputError, StoreError
@@ -167,19 +166,8 @@ def test_sigkill_keeps_every_error_row_and_takes_ray_with_it(tmp_path):
     archive, store = make_archive(tmp_path / "archive", 8), tmp_path / "store"
     (archive / "rawdata/sub-empty").mkdir(parents=True)
     (archive / "rawdata/sub-empty/sub-empty_ct.nii.gz").write_bytes(b"")  # one error row, at the start
-    job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     before = _ray_processes()
-    proc = subprocess.Popen([sys.executable, str(job), str(archive), "--store", str(store), "--workers", "1"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list((store / "slices").glob("*.parquet"))) < 1:
-            assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    sigkill_ingest_after(archive, store, parts=1, whole_group=False)
     deadline = time.monotonic() + 15
     while _ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)

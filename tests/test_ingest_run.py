@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from ingest_phantom import LEVELS, make_archive, phantom, write_centroids, write_dicom_scan, write_scan
+from ingest_phantom import LEVELS, make_archive, phantom, sigkill_ingest_after, write_centroids, write_dicom_scan, write_scan
 from latentstore import catalog
 from latentstore.cli import app
 from latentstore.errors import InputError, StoreError
@@ -312,25 +312,8 @@ def test_patient_keys_are_salted_hashes_and_no_identifier_reaches_the_store(tmp_
 @pytest.mark.slow
 def test_driver_killed_with_sigkill_then_rerun_gives_the_store_of_one_clean_run(tmp_path):
     """The real thing: `jobs/ingest.py` in its own process group, SIGKILLed once parts are published."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     archive, killed, clean = make_archive(tmp_path / "archive", 10), tmp_path / "killed", tmp_path / "clean"
-    job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, str(job), str(archive), "--store", str(killed), "--workers", "1", "--json"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list((killed / "slices").glob("*.parquet"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started: nothing cleans up
-        proc.wait()
+    sigkill_ingest_after(archive, killed, parts=2, whole_group=True)
     published = len(Store(killed).slices.parts())
     assert 2 <= published < 10
 

@@ -4,7 +4,6 @@ shipped default model, plus the label formats on small files and SQL staying rea
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 import latentstore
-from latentstore import catalog
 from latentstore.cli import app
 from latentstore.errors import InputError
 from latentstore.index import build_index, load_index, read_latents
