@@ -242,7 +242,8 @@ def index(
 @app.command()
 def search(
     slice_id: Annotated[Optional[int], typer.Argument(help="A stored slice id as the query.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", metavar="FILE", help="A 96x96 slice as the query: .npy in HU, or a bone-window PNG.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", metavar="FILE", help="A 96x96 slice as the query (.npy in HU, or a bone-window PNG), or a CT (.nii.gz) with --centroid.")] = None,
+    centroid: Annotated[Optional[str], typer.Option("--centroid", metavar="X,Y,Z", help="With a CT --image: the vertebral-body centroid, world RAS mm.")] = None,
     vector: Annotated[Optional[Path], typer.Option("--vector", metavar="FILE", help="A z_sem vector (.npy, 512 values) as the query.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, metavar="K", help="Neighbours to return.")] = 10,
     where: Annotated[Optional[str], typer.Option("--where", metavar="SQL", help="Predicate over s (slices) and l (labels), e.g. \"l.grade >= 2\".")] = None,
@@ -254,8 +255,15 @@ def search(
     """The k nearest stored vertebrae of a query, with level, scan pseudonym and labels; and a picture."""
     from .search import search as run_search
 
+    xyz = None
+    if centroid is not None:
+        try:
+            xyz = tuple(float(v) for v in centroid.split(","))
+            assert len(xyz) == 3
+        except (ValueError, AssertionError):
+            raise InputError(f"--centroid must be X,Y,Z in mm, got {centroid!r}") from None
     _emit(run_search(_connect(store), slice_id, image, vector, k=k, where=where, model=model,
-                     picture=out_file if out_file is not None else True), json_out)
+                     picture=out_file if out_file is not None else True, centroid=xyz), json_out)
 
 
 labels_app = _typer(help="Grade and fracture labels in the catalog.")

@@ -1,7 +1,8 @@
 """`latentstore search`: the k nearest stored vertebrae of a query, with their levels, scans and labels.
 
 A query is a stored slice (`SLICE_ID`), a 96x96 HU slice (`--image x.npy`, or a PNG in the bone window
-of `pictures.WINDOW_HU`) encoded on the fly by the model, or a z_sem vector (`--vector x.npy`). Scores are
+of `pictures.WINDOW_HU`) or a CT (`--image ct.nii.gz --centroid X,Y,Z`, cut like ingest cuts) encoded on the
+fly by the model, or a z_sem vector (`--vector x.npy`). Scores are
 cosine similarities of L2-normalised z_sem; `distance` = 1 - cosine.
 
 `--where` is a read-only SQL predicate over the slice (`s`, the `slices` view) and its current label
@@ -58,7 +59,7 @@ class SearchResult(Result):
         return t
 
 
-def _query_vector(st: Store, model_id: str, slice_id: int | None, image, vector) -> tuple[np.ndarray, str]:
+def _query_vector(st: Store, model_id: str, slice_id: int | None, image, vector, centroid=None) -> tuple[np.ndarray, str]:
     given = [x is not None for x in (slice_id, image, vector)]
     if sum(given) != 1:
         raise InputError("give exactly one query: SLICE_ID, --image FILE or --vector FILE")
@@ -72,7 +73,7 @@ def _query_vector(st: Store, model_id: str, slice_id: int | None, image, vector)
         if v.ndim != 1 or v.shape[0] != 512 or not np.all(np.isfinite(v)):
             raise InputError(f"--vector {vector}: need 512 finite numbers, got shape {v.shape}")
         return normalise(v[None])[0], "vector" if isinstance(vector, np.ndarray) else f"vector {Path(vector).name}"
-    return normalise(_encode_image(st, model_id, image)[None])[0], f"image {Path(image).name}"
+    return normalise(_encode_image(st, model_id, image, centroid)[None])[0], f"image {Path(image).name}"
 
 
 def _load_array(path, what: str) -> np.ndarray:
@@ -82,15 +83,37 @@ def _load_array(path, what: str) -> np.ndarray:
         raise InputError(f"--{what} {path}: not a readable .npy array ({e})") from None
 
 
-def _encode_image(st: Store, model_id: str, path) -> np.ndarray:
-    """A 96x96 slice (`.npy` in HU, or a bone-window PNG) -> its z_sem under the model."""
+def _cut_from_ct(st: Store, path: Path, centroid) -> np.ndarray:
+    """The store's sagittal slice of a CT (NIfTI) at a vertebral-body centroid (world RAS+ mm), cut with
+    the store's own slicing config, through the same loader checks as ingest."""
+    import json
+
+    from .ingest import SlicingConfig, cut_slices, nifti
+    from .ingest.load import Volume, check_ct_values
+
+    if centroid is None:
+        raise InputError(f"--image {path.name}: a CT needs --centroid X,Y,Z (world RAS mm of the vertebral body)")
+    hu, affine = nifti.read_ct(path)
+    check_ct_values(hu, path.name)
+    row = st.slices.read(columns=["slicing"]).slice(0, 1).to_pylist() if st.slices.parts() else []
+    cfg = SlicingConfig.from_dict(json.loads(row[0]["slicing"])) if row else SlicingConfig()
+    cuts, skipped = cut_slices(Volume(np.maximum(hu, -1024), affine, {20: np.asarray(centroid, float)}, None), cfg)
+    if not cuts:
+        raise InputError(f"--image {path.name}: {skipped[0][1] if skipped else 'no slice could be cut'}")
+    return cuts[0].image.astype(np.float32)
+
+
+def _encode_image(st: Store, model_id: str, path, centroid=None) -> np.ndarray:
+    """A 96x96 slice (`.npy` in HU, or a bone-window PNG), or a CT (NIfTI) cut at `centroid` -> z_sem."""
     from .checkpoint import load_model
     from .pictures import WINDOW_HU
     from .probe import encode_images
     from .schema import SLICE_PX
 
     path = Path(path)
-    if path.suffix.lower() == ".png":
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        hu = _cut_from_ct(st, path, centroid)
+    elif path.suffix.lower() == ".png":
         from PIL import Image
 
         try:
@@ -119,14 +142,15 @@ def candidates(st: Store, where: str) -> np.ndarray:
 
 
 def search(store: Store | str | None, slice_id: int | None = None, image=None, vector=None, k: int = 10,
-           where: str | None = None, model: str | None = None, picture: bool | str | os.PathLike = False) -> SearchResult:
+           where: str | None = None, model: str | None = None, picture: bool | str | os.PathLike = False,
+           centroid=None) -> SearchResult:
     """The `k` nearest stored slices of one query (see the module); `picture` writes a PNG of the query and
     its neighbours (True: `STORE/pictures/search-<query>.png`, or a path)."""
     if k < 1:
         raise InputError(f"-k must be at least 1, got {k}")
     st = connect(store)
     model_id = resolve_model_id(st, model)
-    q, what = _query_vector(st, model_id, slice_id, image, vector)
+    q, what = _query_vector(st, model_id, slice_id, image, vector, centroid)
     index, meta = load_index(st, model_id)
     allowed = candidates(st, where) if where else None
     ids, dist, method = knn(index, q, k, allowed, lambda sub: _latents_of(st, model_id, sub))

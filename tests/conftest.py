@@ -29,7 +29,9 @@ def ray_local():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=256 * 1024**2)
+        # address="local": a fresh Ray even when a `ray start` head runs on this machine (another test run)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                 object_store_memory=256 * 1024**2)
     yield
     if started:
         ray.shutdown()

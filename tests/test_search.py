@@ -167,6 +167,17 @@ def test_search_by_image_encodes_on_the_fly(store, tmp_path):
     with pytest.raises(InputError, match="96x96"):
         np.save(tmp_path / "bad.npy", np.zeros((10, 10)))
         search(st, image=tmp_path / "bad.npy")
+    # A CT with a centroid: cut as ingest cuts it, so the stored slice comes back first.
+    import csv
+
+    _, archive = store
+    gt = next(csv.DictReader((archive / "ground_truth.csv").open()))
+    ct = archive / "rawdata" / gt["scan"] / f"{gt['scan']}_ct.nii.gz"
+    xyz = tuple(float(gt[f"centroid_{a}"]) for a in "xyz")
+    hit = search(st, image=ct, centroid=xyz, k=1).rows[0]
+    assert hit["level_name"] == gt["level_name"] and hit["distance"] < 1e-3
+    with pytest.raises(InputError, match="--centroid"):
+        search(st, image=ct)
 
 
 @pytest.mark.parametrize("sql", [
