@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .index import load_index, normalise, read_latents, resolve_model_id
+from .index import load_index, normalise, read_latents, resolve_model_id, to_device
 from .result import Result
 from .store import Store, connect
 
@@ -152,6 +152,7 @@ def search(store: Store | str | None, slice_id: int | None = None, image=None, v
     model_id = resolve_model_id(st, model)
     q, what = _query_vector(st, model_id, slice_id, image, vector, centroid)
     index, meta = load_index(st, model_id)
+    index = to_device(index)
     allowed = candidates(st, where) if where else None
     ids, dist, method = knn(index, q, k, allowed, lambda sub: _latents_of(st, model_id, sub))
     if allowed is None:
