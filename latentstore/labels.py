@@ -245,14 +245,14 @@ def _stored_scans(st: Store) -> tuple[set[tuple[str, int]], dict[str, set[str]]]
 def import_labels(store: Store | str | None, path: str | os.PathLike, fmt: str | None = None,
                   source: str | None = None) -> ImportSummary:
     """Read `path`, match its scans to the store's pseudonyms, store the rows as the source's current labels."""
-    from .ingest.privacy import known_sites, pseudonym
+    from .ingest.privacy import SITE as NAME, known_sites, pseudonym
     from .store import patient_key
 
     st = connect(store)
     path = Path(path)
     fmt, rows, rejects = read_labels(path, fmt)
     source = source or path.name.split(".")[0]
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", source):
+    if not NAME.match(source):
         raise InputError(f"--source {source!r}: use 1-64 letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     summary = ImportSummary(source=source, format=fmt, file_sha256=digest, rows_read=len(rows) + len(rejects))

@@ -434,13 +434,15 @@ class _ErrorSink:
     def end_scan(self, src) -> None:
         """One row summarising the rows of `src` beyond `MAX_ERRORS_PER_SCAN`, if there were any."""
         scan_id = self.red.scan(src.name)
-        extra = self.overflow.pop(scan_id, None)
-        if extra:
-            n = sum(extra.values())
-            top = "; ".join(f"{k} x{v}" for k, v in extra.most_common(3))
-            row = ErrorRow(self.red.file(src.ct), "summary", f"{n} more error row(s) of this scan not stored one by one: {top}", scan_id)
-            self.journal.add(row)
-            self.pending.append(row)
+        if scan_id in self.overflow:
+            self._summarise(scan_id, self.red.file(src.ct))
+
+    def _summarise(self, scan_id: str, source: str) -> None:
+        extra = self.overflow.pop(scan_id)
+        top = "; ".join(f"{k} x{v}" for k, v in extra.most_common(3))
+        row = ErrorRow(source, "summary", f"{sum(extra.values())} more error row(s) of this scan not stored one by one: {top}", scan_id)
+        self.journal.add(row)
+        self.pending.append(row)
 
     def _count(self, stage: str, reason: str) -> None:
         self.summary.errors += 1
@@ -475,11 +477,8 @@ class _ErrorSink:
     def finish(self, status: str, counts: dict) -> None:
         """The run's end: journal first, then the catalog; a catalog that stays busy is a clear error
         and the journal keeps everything for the next run."""
-        for scan_id in list(self.overflow):
-            extra = self.overflow.pop(scan_id)
-            row = ErrorRow("", "summary", f"{sum(extra.values())} more error row(s) of this scan not stored one by one", scan_id)
-            self.journal.add(row)
-            self.pending.append(row)
+        for scan_id in list(self.overflow):  # scans that ended without a published part
+            self._summarise(scan_id, "")
         self.journal.finish(status, counts)
         try:
             self.flush()
