@@ -45,6 +45,16 @@ RECIPES: dict[str, dict] = {
     # stage 3: on from the shipped stage-2 default (192k images), same recipe, fresh optimiser
     "cpu48-stage3-enc0.1": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
                                 init_from="74587138ca010ec2"),  # shipped at +160k images as ad8f3e12f9115ba0
+    # stage 4, for a GPU lease (bench/gpu_train.py): on from stage 3 at 224k images (b7453c91c44929cd, probe
+    # 0.902): the same recipe, a 4x batch, and a faster-learning encoder
+    "gpu-stage4-b32": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                           init_from="b7453c91c44929cd"),
+    "gpu-stage4-b128": dict(config="cpu48", batch_size=128, lr=2e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                            init_from="b7453c91c44929cd"),
+    "gpu-stage4-b32-enc0.3": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.3,
+                                  init_from="b7453c91c44929cd"),
+    "gpu-stage4-b128-enc0.3": dict(config="cpu48", batch_size=128, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.3,
+                                   init_from="b7453c91c44929cd"),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }

@@ -229,6 +229,7 @@ class SliceStream:
             h.update(np.ascontiguousarray(np.sort(i), dtype="<i8").tobytes())
         self.data_hash = h.hexdigest()[:16]
         self._cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._parts: dict[int, np.ndarray] = {}  # part images kept when the split fits one window
         self._win_key, self._win = None, []
 
     def __len__(self) -> int:
@@ -241,10 +242,17 @@ class SliceStream:
             return pq.read_table(f, columns=columns)
 
     def _part_images(self, p: int) -> np.ndarray:
-        """(n, 96, 96) int16 HU: the split's rows of part file `p`."""
+        """(n, 96, 96) int16 HU: the split's rows of part file `p`. When the whole split fits one window its
+        parts are kept after the first read (memory stays within a window), so an epoch of a small store
+        costs no reads: on a GPU an epoch of 2,000 slices is a second of steps, less than reading it."""
+        if p in self._parts:
+            return self._parts[p]
         col = self._read(self.parts[p], ["image"]).column("image").combine_chunks()
         flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
-        return flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]]
+        images = flat.reshape(-1, SLICE_PX, SLICE_PX)[self.rows[p]]
+        if self.n <= self.window:
+            self._parts[p] = images
+        return images
 
     def _windows(self, epoch: int, seed: int) -> list[list[int]]:
         if self._win_key == (epoch, seed):

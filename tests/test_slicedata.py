@@ -50,6 +50,20 @@ def test_only_one_window_of_pixels_is_held(store):
         assert sum(len(b) for b in stream._cache.values()) <= 5 + 3  # window + at most one part over it
 
 
+def test_a_split_that_fits_one_window_is_read_once_over_many_epochs(store, monkeypatch):
+    stream = SliceStream(store, "all", window=10_000)
+    reads = []
+    real = stream._read
+    monkeypatch.setattr(stream, "_read", lambda path, columns: reads.append(path) or real(path, columns))
+    first = [stream.batch(s, 4, seed=3) for s in range(30)]  # 120 positions: over three epochs
+    assert len(reads) == len(stream.parts)  # each part once, not once per epoch
+    fresh = SliceStream(store, "all", window=10_000)
+    assert all(np.array_equal(b, fresh.batch(s, 4, seed=3)) for s, b in enumerate(first))
+    small = SliceStream(store, "all", window=5)  # windows smaller than the split keep nothing
+    small.batch(0, 3, seed=0)
+    assert small._parts == {}
+
+
 def test_split_is_by_patient_and_holdout_and_train_are_disjoint(store):
     train, held = read_slices(store, "train", 0.3), read_slices(store, "holdout", 0.3)
     assert set(train.patient_key).isdisjoint(held.patient_key)
