@@ -6,7 +6,8 @@ database again; long runs (ingest) open it briefly per batch of records instead 
 Readers use `reader()`, which opens the file read-only, so a query can never change data.
 
 Tables come from the DDL files in `schemas/` (`runs.sql`, `errors.sql`, `label_imports.sql`,
-`label_rows.sql`; the view `labels` shows each label source's latest import). Each Parquet dataset of the store
+`label_rows.sql`, `hyperplanes.sql`, `calibrations.sql`, `grades.sql`; the view `labels` shows each label
+source's latest import, `current_grades` each model's grades under its latest calibration). Each Parquet dataset of the store
 (`store.DATASETS`: `slices`, `latents`) has a view over its published part files (never `_staging/`);
 views are refreshed by every writer.
 """
@@ -29,11 +30,15 @@ from .schema import ddl
 from .store import DATASETS, Store
 
 CATALOG = "catalog.duckdb"
-TABLES = ("runs", "errors", "label_imports", "label_rows")
+TABLES = ("runs", "errors", "label_imports", "label_rows", "hyperplanes", "calibrations", "grades")
 # The current labels: the rows of each source's latest import (`labels.py`); older imports stay in label_rows.
 LABELS_VIEW = """CREATE VIEW IF NOT EXISTS labels AS
 SELECT r.*, i.imported_at FROM label_rows r JOIN label_imports i USING (import_id)
 WHERE r.import_id IN (SELECT arg_max(import_id, imported_at) FROM label_imports GROUP BY source)"""
+# Each model's grades under its latest calibration (`grade.py`); older calibrations' grades stay in `grades`.
+CURRENT_GRADES_VIEW = """CREATE VIEW IF NOT EXISTS current_grades AS
+SELECT g.* FROM grades g JOIN (SELECT model_id, max(calibration_version) AS v FROM calibrations GROUP BY model_id) c
+ON g.model_id = c.model_id AND g.calibration_version = c.v"""
 LOCK_TIMEOUT_S = 120.0
 TIMEOUT_ENV = "LATENTSTORE_CATALOG_TIMEOUT_S"  # how long a writer waits for a busy catalog
 JOURNALS = "journal"  # <store>/journal/<run_id>.jsonl: a run's error rows and end, on disk before the catalog
@@ -140,6 +145,7 @@ def _ensure_tables(con) -> None:
     # Catalogs written before `errors.seq` existed gain the column (NULL for their old rows).
     con.execute("ALTER TABLE errors ADD COLUMN IF NOT EXISTS seq INTEGER")
     con.execute(LABELS_VIEW)
+    con.execute(CURRENT_GRADES_VIEW)
 
 
 def _refresh_views(con, store: Store) -> None:

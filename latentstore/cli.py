@@ -266,6 +266,39 @@ def search(
                      picture=out_file if out_file is not None else True, centroid=xyz), json_out)
 
 
+@app.command("fit")
+def fit_cmd(
+    model: ModelOpt = None,
+    classifier: Annotated[str, typer.Option("--classifier", help="logistic (the paper's linear layer) or svm.")] = "logistic",
+    calibration: Annotated[str, typer.Option("--calibration", help="linear (G0 and G3 means), poly1 or poly3 (G0, G2, G3).")] = "linear",
+    labels: Annotated[str, typer.Option("--labels", metavar="SQL", help="Predicate over l (labels) and s (slices) selecting the training labels, e.g. \"l.source = 'verse19'\"; G1 never trains.")] = "TRUE",
+    c: Annotated[float, typer.Option("--c", help="Inverse regularisation strength on standardised z_sem.")] = 0.1,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Refits over resampled patients, for each grade's uncertainty.")] = 16,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit a fracture hyperplane (G0 vs G2/G3) on labelled latents and calibrate its distance to Genant grades."""
+    from .fit import fit
+
+    _emit(fit(_connect(store), model, classifier, calibration, labels, c, bootstrap), json_out)
+
+
+@app.command("grade")
+def grade_cmd(model: ModelOpt = None, store: StoreOpt = DEFAULT_STORE, json_out: JsonOpt = False) -> None:
+    """Grade every latent without a grade under the model's current fit (distance, score, uncertainty, OOD)."""
+    from .grade import grade
+
+    _emit(grade(_connect(store), model, progress=not json_out), json_out)
+
+
+@app.command("regrade")
+def regrade_cmd(model: ModelOpt = None, store: StoreOpt = DEFAULT_STORE, json_out: JsonOpt = False) -> None:
+    """Refit when the labels changed since the last fit, then grade what has no current grade (for schedules)."""
+    from .grade import regrade
+
+    _emit(regrade(_connect(store), model, progress=not json_out), json_out)
+
+
 labels_app = _typer(help="Grade and fracture labels in the catalog.")
 app.add_typer(labels_app, name="labels")
 

@@ -1,0 +1,495 @@
+"""`latentstore fit`: a fracture hyperplane in a model's z_sem space and its calibration to the Genant scale.
+
+The paper's method (sections 2-3): labelled latents selected with SQL (G0 vs G2/G3 by default; G1 never
+trains the classifier), z_sem standardised with the per-dimension mean and std of *all* the model's latents
+in the store (DiffAE's normalisation, stored with the fit), a linear classifier (logistic regression, the
+paper's "linear layer", or a linear SVM), its decision boundary as a hyperplane (unit normal n, bias b), the
+signed distance to it calibrated to the Genant scale:
+
+    linear  through the mean distances of G0 -> 0 and G3 -> 3 (the paper's main rows)
+    poly1   least squares of the grade on the distance over G0, G2 and G3
+    poly3   the same with a cubic
+
+Beyond the paper, stored with the same row: bootstrap refits over the labelled *patients* (each with its
+own calibration), whose spread is the uncertainty of every score, and an out-of-distribution reference (a
+probabilistic-PCA Mahalanobis distance to the model's latents, thresholded at a quantile of patients held
+out of the reference) so that a latent unlike the reference is flagged rather than silently graded.
+Everything lands in the catalog (`hyperplanes`, `calibrations`) as arrays and JSON, with a version, the
+label query and the label set's hash; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import catalog
+from .errors import InputError, StoreError
+from .result import Result
+from .store import Store, connect
+
+CLASSIFIERS = ("logistic", "svm")
+CALIBRATIONS = ("linear", "poly1", "poly3")
+DEFAULT_C = 0.1  # on standardised z_sem; `eval probe` chooses C per fold, and 0.1 is its usual pick
+BOOTSTRAP = 16
+OOD_COMPONENTS = 32
+OOD_QUANTILE = 0.99
+OOD_REFERENCE_MAX = 20_000  # latents behind the OOD reference (a seeded sample of patients beyond that)
+LABELS_SQL = ("SELECT s.slice_id, s.patient_key, s.level, l.grade, l.fracture, l.source "
+              "FROM labels l JOIN slices s ON s.scan_id = l.scan_id AND s.level = l.level")
+
+
+@dataclass
+class Hyperplane:
+    """A stored fit: hyperplane, normalisation, bootstrap refits and OOD reference (one `hyperplanes` row)."""
+
+    hyperplane_version: int
+    model_id: str
+    classifier: str
+    c: float
+    backend: str
+    label_query: str
+    label_hash: str
+    n_labelled: int
+    n_fractured: int
+    n_latents: int
+    z_mean: np.ndarray
+    z_std: np.ndarray
+    normal: np.ndarray
+    bias: float
+    normal_raw: np.ndarray
+    bias_raw: float
+    boot_normals: np.ndarray  # (B, D)
+    boot_biases: np.ndarray  # (B,)
+    ood_mean: np.ndarray
+    ood_components: np.ndarray  # (k, D)
+    ood_variances: np.ndarray  # (k,)
+    ood_residual: float
+    ood_threshold: float
+    metrics: dict = field(default_factory=dict)
+
+    def standardise(self, z: np.ndarray) -> np.ndarray:
+        return (np.asarray(z, np.float32) - self.z_mean) / self.z_std
+
+    def distance(self, zs: np.ndarray) -> np.ndarray:
+        """Signed distances of standardised latents (N, D): > 0 on the fracture side."""
+        return zs @ self.normal + self.bias
+
+    def boot_distances(self, zs: np.ndarray) -> np.ndarray:
+        """(N, B): the distances under each bootstrap hyperplane."""
+        return zs @ self.boot_normals.T + self.boot_biases
+
+    def ood_distance(self, zs: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance under the probabilistic-PCA reference (k axes + isotropic residual)."""
+        x = zs - self.ood_mean
+        proj = x @ self.ood_components.T
+        inside = (proj * proj / self.ood_variances).sum(1)
+        resid = np.maximum((x * x).sum(1) - (proj * proj).sum(1), 0.0) / self.ood_residual
+        return np.sqrt(inside + resid)
+
+
+@dataclass
+class Calibration:
+    """Distance -> continuous Genant score (one `calibrations` row)."""
+
+    calibration_version: int
+    hyperplane_version: int
+    model_id: str
+    kind: str
+    coefficients: np.ndarray
+    boot_coefficients: np.ndarray  # (B, degree + 1)
+    grade_means: dict
+    metrics: dict = field(default_factory=dict)
+
+    def score(self, distance: np.ndarray) -> np.ndarray:
+        return np.polyval(self.coefficients, distance)
+
+    def boot_scores(self, boot_distance: np.ndarray) -> np.ndarray:
+        """(N, B) scores, bootstrap hyperplane b calibrated by its own coefficients."""
+        return np.stack([np.polyval(c, boot_distance[:, b]) for b, c in enumerate(self.boot_coefficients)], axis=1)
+
+
+def to_grade(score: np.ndarray) -> np.ndarray:
+    """Continuous score -> Genant grade: rounded, clipped to 0..3."""
+    return np.clip(np.rint(score), 0, 3).astype(np.int8)
+
+
+@dataclass
+class FitSummary(Result):
+    hyperplane_version: int
+    calibration_version: int
+    model_id: str
+    classifier: str
+    calibration: str
+    label_query: str
+    n_labelled: int
+    n_fractured: int
+    n_by_grade: dict
+    train_auc: float
+    cv_auc: float | None
+    calibration_macro_f1: float
+    ood_threshold: float
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def __rich__(self):
+        cv = f"{self.cv_auc:.3f}" if self.cv_auc is not None else "n/a"
+        lines = [f"fit: hyperplane v{self.hyperplane_version} + {self.calibration} calibration v{self.calibration_version} "
+                 f"for model {self.model_id} ({self.classifier}, {self.n_labelled} labelled latents, "
+                 f"{self.n_fractured} fractured; by grade {self.n_by_grade})",
+                 f"  AUC G0 vs G2/G3: {self.train_auc:.3f} on the labels, {cv} patient-grouped 5-fold; "
+                 f"macro-F1 G0/G2/G3 of the calibrated grades on the labels: {self.calibration_macro_f1:.3f}",
+                 f"  OOD threshold {self.ood_threshold:.1f} (Mahalanobis); {self.seconds:.2f} s. "
+                 "Next: `latentstore grade`.", *self.notes]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the label set
+
+
+@dataclass
+class LabelSet:
+    slice_id: np.ndarray
+    patient: np.ndarray
+    grade: np.ndarray  # -1 where the source gives only fracture yes/no
+    y: np.ndarray  # 1 = G2/G3 (or fracture without a grade)
+    z: np.ndarray  # raw z_sem
+    label_hash: str
+    missing_latents: int
+
+
+def select_labels(st: Store, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(slice_id, patient_key, grade (-1 unknown), fracture) of the labelled slices `where` selects, G1 left
+    out, and the set's hash. A slice labelled twice with different grades is an error."""
+    from .sql import query
+
+    if ";" in where:
+        raise InputError("--labels is one SQL predicate over the label (l) and slice (s) columns (no ';')")
+    t = query(st, f"{LABELS_SQL} WHERE ({where}) AND (l.grade IS NULL OR l.grade <> 1) ORDER BY s.slice_id")
+    sid = t.column("slice_id").to_numpy().astype(np.int64)
+    grade = np.array([-1 if g is None else g for g in t.column("grade").to_pylist()], dtype=np.int64)
+    frac = np.array(t.column("fracture").to_pylist(), dtype=bool)
+    patient = np.array(t.column("patient_key").to_pylist(), dtype=object)
+    uniq, first, counts = np.unique(sid, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        clash = [int(s) for s in uniq[counts > 1] if len(set(grade[sid == s])) > 1 or len(set(frac[sid == s])) > 1]
+        if clash:
+            raise InputError(f"{len(clash)} slice(s) have different labels from different sources (e.g. slice "
+                             f"{clash[0]}); select one source, e.g. --labels \"l.source = 'NAME'\"")
+        sid, grade, frac, patient = sid[first], grade[first], frac[first], patient[first]
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(sid, "<i8").tobytes())
+    h.update(np.ascontiguousarray(grade, "<i8").tobytes())
+    h.update(frac.astype(np.uint8).tobytes())
+    return sid, patient, grade, frac, h.hexdigest()
+
+
+def label_set(st: Store, model_id: str, where: str) -> LabelSet:
+    from .index import read_latents
+
+    sid, patient, grade, frac, digest = select_labels(st, where)
+    if len(sid) == 0:
+        raise InputError(f"no labelled slices match --labels {where!r} (run `latentstore labels import` first?)")
+    ids, z = read_latents(st, model_id, sid)
+    order = np.argsort(ids)
+    ids, z = ids[order], z[order]
+    keep = np.isin(sid, ids)
+    y = np.where(grade >= 0, grade >= 2, frac).astype(np.int64)[keep]
+    return LabelSet(sid[keep], patient[keep], grade[keep], y, z, digest, int((~keep).sum()))
+
+
+# ---------------------------------------------------------------------------------------- normalisation
+
+
+def latent_stats(st: Store, model_id: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of all the model's latents (streamed, float64 sums), their count, and a
+    seeded sample of at most OOD_REFERENCE_MAX latents with their patients for the OOD reference."""
+    ds = st.latents(model_id)
+    if not ds.parts():
+        raise StoreError(f"no latents of model {model_id} in {st.root}; run `latentstore encode` first")
+    s1 = s2 = None
+    n = 0
+    ids_all, z_keep = [], []
+    rng = np.random.default_rng(seed)
+    share = min(1.0, OOD_REFERENCE_MAX / max(ds.count(), 1))
+    for batch in ds.batches(columns=["slice_id", "z_sem"], batch_size=65536):
+        z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+        z64 = z.astype(np.float64)
+        s1 = z64.sum(0) if s1 is None else s1 + z64.sum(0)
+        s2 = (z64 * z64).sum(0) if s2 is None else s2 + (z64 * z64).sum(0)
+        n += len(z)
+        take = rng.random(len(z)) < share
+        ids_all.append(batch.column("slice_id").to_numpy()[take])
+        z_keep.append(np.asarray(z[take], np.float32))
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32), n, np.concatenate(ids_all), np.concatenate(z_keep)
+
+
+def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0) -> tuple:
+    """Probabilistic PCA of standardised reference latents (patients 80/20: the 80 % fit, the 20 % set the
+    threshold at the OOD_QUANTILE of their distances). Returns mean, components, variances, residual, threshold."""
+    uniq = np.unique(patients)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(uniq, size=max(1, len(uniq) // 5), replace=False)) if len(uniq) >= 5 else set()
+    test = np.array([p in held for p in patients])
+    fit = zs[~test] if (~test).sum() > 2 else zs
+    mean = fit.mean(0)
+    x = fit - mean
+    k = int(min(OOD_COMPONENTS, max(1, len(fit) - 2), zs.shape[1] - 1))
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    var = sv**2 / max(len(fit) - 1, 1)
+    comps, lam = vt[:k], np.maximum(var[:k], 1e-6)
+    rest = var[k:]
+    resid = float(max(rest.sum() / max(zs.shape[1] - k, 1), 1e-6))
+    probe = Hyperplane.__new__(Hyperplane)
+    probe.ood_mean, probe.ood_components, probe.ood_variances, probe.ood_residual = mean, comps, lam, resid
+    d = probe.ood_distance(zs[test] if test.any() else fit)
+    return mean.astype(np.float32), comps.astype(np.float32), lam, resid, float(np.quantile(d, OOD_QUANTILE))
+
+
+# ---------------------------------------------------------------------------------------- classifier
+
+
+def _backend() -> str:
+    """cuML when it and a GPU are present (same interface), else scikit-learn."""
+    try:
+        import cuml  # noqa: F401
+        import torch
+
+        return "cuml" if torch.cuda.is_available() else "scikit-learn"
+    except ImportError:
+        return "scikit-learn"
+
+
+def fit_classifier(kind: str, C: float, X: np.ndarray, y: np.ndarray, backend: str = "scikit-learn"):
+    """(w, b) of a linear classifier on standardised X (class weights balanced)."""
+    if backend == "cuml":
+        from cuml.linear_model import LogisticRegression
+        from cuml.svm import LinearSVC
+
+        clf = (LogisticRegression(C=C, class_weight="balanced", max_iter=5000) if kind == "logistic"
+               else LinearSVC(C=C, class_weight="balanced", max_iter=5000))
+        clf.fit(X.astype(np.float32), y)
+        return np.asarray(clf.coef_, np.float64).ravel(), float(np.asarray(clf.intercept_).ravel()[0])
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    clf = (LogisticRegression(C=C, class_weight="balanced", max_iter=5000) if kind == "logistic"
+           else LinearSVC(C=C, class_weight="balanced", dual=False, max_iter=5000))
+    clf.fit(X, y)
+    return clf.coef_.ravel().astype(np.float64), float(clf.intercept_[0])
+
+
+def unit(w: np.ndarray, b: float) -> tuple[np.ndarray, float]:
+    norm = float(np.linalg.norm(w))
+    if norm == 0:
+        raise InputError("the classifier found no direction (all weights zero): too few or too similar labels")
+    return w / norm, b / norm
+
+
+def calibrate(kind: str, d: np.ndarray, grade: np.ndarray) -> np.ndarray:
+    """Coefficients (numpy.polyval order) mapping distance -> Genant score, from graded latents."""
+    g0, g2, g3 = (d[grade == g] for g in (0, 2, 3))
+    if kind == "linear":
+        if not len(g0) or not len(g3):
+            raise InputError(f"linear calibration needs G0 and G3 labels (have {len(g0)} G0, {len(g3)} G3)")
+        m0, m3 = g0.mean(), g3.mean()
+        if m3 <= m0:
+            raise InputError("G3 latents lie no further on the fracture side than G0: the hyperplane does not "
+                             "separate them, so it cannot be calibrated")
+        a = 3.0 / (m3 - m0)
+        return np.array([a, -a * m0])
+    deg = {"poly1": 1, "poly3": 3}[kind]
+    sel = np.isin(grade, (0, 2, 3))
+    if len({int(g) for g in grade[sel]}) < 3 or sel.sum() < deg + 2:
+        raise InputError(f"{kind} calibration needs G0, G2 and G3 labels (have {np.bincount(grade[sel], minlength=4)[[0, 2, 3]].tolist()})")
+    return np.polyfit(d[sel], grade[sel].astype(float), deg)
+
+
+def macro_f1_023(true: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over G0, G2, G3 as the paper: predicted grades below G2 count as healthy (G0)."""
+    from sklearn.metrics import f1_score
+
+    p = np.where(pred < 2, 0, pred)
+    sel = np.isin(true, (0, 2, 3))
+    return float(f1_score(true[sel], p[sel], labels=[0, 2, 3], average="macro", zero_division=0))
+
+
+def grouped_cv_auc(kind: str, C: float, X: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 5) -> float | None:
+    """Out-of-fold AUC, patient-grouped k-fold (None when there are too few patients of either class)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if min(len(set(groups[y == 1])), len(set(groups[y == 0]))) < k:
+        return None
+    s = np.empty(len(y))
+    for tr, te in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(X, y, groups):
+        w, b = fit_classifier(kind, C, X[tr], y[tr])
+        s[te] = X[te] @ w + b
+    return float(roc_auc_score(y, s))
+
+
+# ---------------------------------------------------------------------------------------------- fit
+
+
+def fit(store: Store | str | None, model: str | None = None, classifier: str = "logistic",
+        calibration: str = "linear", labels: str = "TRUE", c: float = DEFAULT_C, bootstrap: int = BOOTSTRAP,
+        cv: bool = True, seed: int = 0) -> FitSummary:
+    """Fit, calibrate and store a hyperplane for `model`'s latents; return the summary (versions inside)."""
+    from sklearn.metrics import roc_auc_score
+
+    from .index import resolve_model_id
+
+    if classifier not in CLASSIFIERS:
+        raise InputError(f"--classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
+    if calibration not in CALIBRATIONS:
+        raise InputError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+    if not c > 0:
+        raise InputError(f"--c must be > 0, got {c}")
+    t0 = time.perf_counter()
+    st = connect(store)
+    model_id = resolve_model_id(st, model)
+    ls = label_set(st, model_id, labels)
+    notes = []
+    if ls.missing_latents:
+        notes.append(f"  {ls.missing_latents} labelled slice(s) have no latent of model {model_id} and were left "
+                     "out (run `latentstore encode`)")
+    n_pos = int(ls.y.sum())
+    if n_pos < 2 or len(ls.y) - n_pos < 2:
+        raise InputError(f"need at least 2 healthy and 2 fractured labelled latents, have {len(ls.y) - n_pos} and {n_pos}")
+    mean, std, n_latents, ref_ids, ref_z = latent_stats(st, model_id, seed)
+    X = (ls.z - mean) / std
+    backend = _backend()
+    w, b = unit(*fit_classifier(classifier, c, X, ls.y, backend))
+    d = X @ w + b
+    coef = calibrate(calibration, d, ls.grade)
+    # bootstrap over patients: classifier and calibration refitted on each resample
+    rng = np.random.default_rng(seed)
+    pats = np.unique(ls.patient)
+    by_patient = {p: np.flatnonzero(ls.patient == p) for p in pats}
+    boot_n, boot_b, boot_c = [], [], []
+    for _ in range(bootstrap):
+        idx = np.concatenate([by_patient[p] for p in rng.choice(pats, size=len(pats), replace=True)])
+        if len(set(ls.y[idx])) < 2:
+            continue
+        try:
+            wb, bb = unit(*fit_classifier(classifier, c, X[idx], ls.y[idx], backend))
+            cb = calibrate(calibration, X[idx] @ wb + bb, ls.grade[idx])
+        except InputError:
+            continue  # a resample without G3 (say): skip it
+        boot_n.append(wb)
+        boot_b.append(bb)
+        boot_c.append(cb)
+    if bootstrap and not boot_n:
+        notes.append("  no bootstrap resample could be fitted (too few patients): score_sd will be 0")
+    if not boot_n:  # the fit itself stands in, so every grade carries a (zero) spread
+        boot_n, boot_b, boot_c = [w], [b], [coef]
+    ref_pat = _patients_of(st, ref_ids)
+    ood = ood_reference((ref_z - mean) / std, ref_pat, seed)
+    graded = ls.grade >= 0
+    score = np.polyval(coef, d)
+    metrics = {
+        "train_auc": float(roc_auc_score(ls.y, d)),
+        "cv_auc": grouped_cv_auc(classifier, c, X, ls.y, ls.patient) if cv else None,
+        "n_by_grade": {str(g): int((ls.grade == g).sum()) for g in (0, 2, 3)} | {"fracture only": int((~graded).sum())},
+        "n_patients": len(pats),
+        "bootstrap": len(boot_n) if bootstrap else 0,
+        "missing_latents": ls.missing_latents,
+    }
+    grade_means = {str(g): float(d[ls.grade == g].mean()) for g in (0, 2, 3) if (ls.grade == g).any()}
+    cal_metrics = {"macro_f1_023": macro_f1_023(ls.grade[graded], to_grade(score[graded])) if graded.any() else None,
+                   "grade_accuracy": float((to_grade(score[graded]) == ls.grade[graded]).mean()) if graded.any() else None}
+    if calibration == "poly3" and not _monotone(coef, d):
+        notes.append("  the cubic calibration is not monotone over the labelled distances: a larger distance can "
+                     "get a lower score")
+    seconds = time.perf_counter() - t0
+    metrics["seconds"] = round(seconds, 3)
+    hp_v, cal_v = _store_fit(st, dict(
+        model_id=model_id, classifier=classifier, c=float(c), backend=backend, label_query=labels,
+        label_hash=ls.label_hash, n_labelled=len(ls.y), n_fractured=n_pos, n_latents=n_latents,
+        z_mean=mean, z_std=std, normal=w.astype(np.float32), bias=float(b),
+        normal_raw=(w / std).astype(np.float32), bias_raw=float(b - (w * mean / std).sum()),
+        boot_normals=np.array(boot_n, np.float32), boot_biases=np.array(boot_b),
+        ood_mean=ood[0], ood_components=ood[1], ood_variances=ood[2], ood_residual=ood[3], ood_threshold=ood[4],
+        metrics=metrics), dict(kind=calibration, coefficients=coef, boot_coefficients=np.array(boot_c),
+                               grade_means=grade_means | {"counts": metrics["n_by_grade"]}, metrics=cal_metrics))
+    return FitSummary(hp_v, cal_v, model_id, classifier, calibration, labels, len(ls.y), n_pos,
+                      metrics["n_by_grade"], metrics["train_auc"], metrics["cv_auc"],
+                      cal_metrics["macro_f1_023"] or 0.0, ood[4], round(seconds, 3), notes)
+
+
+def _monotone(coef: np.ndarray, d: np.ndarray) -> bool:
+    grid = np.linspace(d.min(), d.max(), 200)
+    return bool((np.diff(np.polyval(coef, grid)) >= -1e-9).all())
+
+
+def _patients_of(st: Store, slice_ids: np.ndarray) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = st.slices.read(columns=["slice_id", "patient_key"], filter=pc.field("slice_id").isin(pa.array(slice_ids)))
+    look = dict(zip(t.column("slice_id").to_pylist(), t.column("patient_key").to_pylist()))
+    return np.array([look.get(int(s), f"slice-{s}") for s in slice_ids], dtype=object)
+
+
+def _store_fit(st: Store, hp: dict, cal: dict) -> tuple[int, int]:
+    def arr(v):
+        return v.tolist() if isinstance(v, np.ndarray) else v
+
+    with catalog.writer(st) as con:
+        hp_v = con.execute("SELECT coalesce(max(hyperplane_version), 0) + 1 FROM hyperplanes").fetchone()[0]
+        cal_v = con.execute("SELECT coalesce(max(calibration_version), 0) + 1 FROM calibrations").fetchone()[0]
+        now = catalog.utcnow()
+        cols = ["hyperplane_version", *hp, "created"]
+        vals = [hp_v, *(json.dumps(v) if k == "metrics" else arr(v) for k, v in hp.items()), now]
+        con.execute(f"INSERT INTO hyperplanes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+        cols = ["calibration_version", "hyperplane_version", "model_id", *cal, "created"]
+        vals = [cal_v, hp_v, hp["model_id"], *(json.dumps(v) if k in ("metrics", "grade_means") else arr(v)
+                                                for k, v in cal.items()), now]
+        con.execute(f"INSERT INTO calibrations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+    return int(hp_v), int(cal_v)
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+
+def load_fit(st: Store, model_id: str, calibration_version: int | None = None) -> tuple[Hyperplane, Calibration]:
+    """The model's latest calibration (or `calibration_version`) and its hyperplane, from the catalog."""
+    try:
+        con = catalog.reader(st)
+    except StoreError:
+        raise StoreError(f"no catalog in {st.root}; run `latentstore ingest`, `encode` and `fit` first") from None
+    try:
+        where, params = ("calibration_version = ?", [calibration_version]) if calibration_version else \
+            ("model_id = ?", [model_id])
+        cal = con.sql(f"SELECT * FROM calibrations WHERE {where} ORDER BY calibration_version DESC LIMIT 1",
+                      params=params).to_arrow_table().to_pylist()
+        if not cal:
+            raise StoreError(f"no fit for model {model_id} in {st.root}; run `latentstore fit --model {model_id}` first")
+        cal = cal[0]
+        hp = con.sql("SELECT * FROM hyperplanes WHERE hyperplane_version = ?",
+                     params=[cal["hyperplane_version"]]).to_arrow_table().to_pylist()[0]
+    finally:
+        con.close()
+    f32 = ("z_mean", "z_std", "normal", "normal_raw", "boot_normals", "ood_mean", "ood_components")
+    h = Hyperplane(**{k: (np.asarray(v, np.float32) if k in f32 else np.asarray(v, np.float64)
+                          if k in ("boot_biases", "ood_variances") else json.loads(v) if k == "metrics" else v)
+                      for k, v in hp.items() if k != "created"})
+    c = Calibration(**{k: (np.asarray(v, np.float64) if k in ("coefficients", "boot_coefficients") else
+                           json.loads(v) if k in ("grade_means", "metrics") else v)
+                       for k, v in cal.items() if k != "created"})
+    return h, c
+
+
+def settings(h: Hyperplane, c: Calibration) -> dict:
+    """The options a refit of this fit uses (regrade)."""
+    return {"model": h.model_id, "classifier": h.classifier, "calibration": c.kind, "labels": h.label_query,
+            "c": h.c, "bootstrap": int(h.metrics.get("bootstrap", 0))}
+
+

@@ -1,0 +1,195 @@
+"""`latentstore grade` / `regrade`: a Genant grade for every latent, incrementally; refit when labels change.
+
+`grade` scores each latent of a model that has no grade under the model's current calibration (its latest
+fit): signed distance to the hyperplane, calibrated score, its bootstrap spread (`score_sd`), the grade
+(round, clip 0..3) and the out-of-distribution flag; rows go to the catalog's `grades` with the model,
+hyperplane and calibration versions, in transactions of GRADE_CHUNK rows, so a killed run keeps what it
+committed and the next run grades only the rest. A second run grades nothing.
+
+`regrade` is what a schedule runs (`jobs/regrade.py`, `infra/`): it re-runs the current fit's label query,
+refits with the same settings when the label set's hash changed (new or corrected labels), then grades
+what has no grade under the (possibly new) calibration: new latents after an ingest + encode, everything
+after a refit. Both record a run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from . import catalog
+from .errors import StoreError
+from .fit import Calibration, Hyperplane, fit, load_fit, select_labels, settings, to_grade
+from .progress import Bar
+from .result import Result
+from .store import Store, connect
+
+GRADE_CHUNK = 262_144  # rows per catalog transaction
+READ_BATCH = 65_536
+
+
+@dataclass
+class GradeSummary(Result):
+    run_id: str
+    stage: str
+    model_id: str
+    hyperplane_version: int = 0
+    calibration_version: int = 0
+    refit: bool = False
+    refit_reason: str = ""
+    latents: int = 0
+    already_graded: int = 0
+    graded: int = 0
+    ood: int = 0
+    by_grade: dict = field(default_factory=dict)
+    status: str = "running"
+    seconds: float = 0.0
+    latents_per_s: float = 0.0
+
+    def __rich__(self):
+        refit = f"refitted ({self.refit_reason}) -> " if self.refit else ""
+        grades = ", ".join(f"G{g} {n}" for g, n in sorted(self.by_grade.items()))
+        return (f"{self.stage}: model {self.model_id}, {refit}hyperplane v{self.hyperplane_version}, calibration "
+                f"v{self.calibration_version}: {self.graded} latents graded ({grades or 'none'}; {self.ood} flagged "
+                f"out of distribution), {self.already_graded} already graded, {self.seconds:.1f} s "
+                f"({self.latents_per_s:.0f} latents/s); run {self.run_id}")
+
+
+def score_latents(h: Hyperplane, c: Calibration, z: np.ndarray) -> dict[str, np.ndarray]:
+    """Distance, score, score_sd, grade, OOD distance and flag of raw latents (N, D)."""
+    zs = h.standardise(z)
+    d = h.distance(zs)
+    score = c.score(d)
+    boot = c.boot_scores(h.boot_distances(zs))
+    ood_d = h.ood_distance(zs)
+    return {"distance": d.astype(np.float32), "score": score.astype(np.float32),
+            "score_sd": boot.std(axis=1).astype(np.float32), "grade": to_grade(score),
+            "ood": ood_d > h.ood_threshold, "ood_distance": ood_d.astype(np.float32)}
+
+
+def graded_ids(st: Store, calibration_version: int) -> np.ndarray:
+    con = catalog.reader(st)
+    try:
+        t = con.sql("SELECT slice_id FROM grades WHERE calibration_version = ?",
+                    params=[calibration_version]).to_arrow_table()
+    finally:
+        con.close()
+    return np.sort(t.column("slice_id").to_numpy().astype(np.int64))
+
+
+def _write(st: Store, rows: list[pa.Table]) -> None:
+    table = pa.concat_tables(rows)
+    with catalog.writer(st) as con:
+        con.register("new_grades", table)
+        con.execute("INSERT INTO grades SELECT * FROM new_grades")
+        con.unregister("new_grades")
+
+
+def _grade(st: Store, h: Hyperplane, c: Calibration, summary: GradeSummary, progress: bool) -> None:
+    ds = st.latents(h.model_id)
+    if not ds.parts():
+        raise StoreError(f"no latents of model {h.model_id} in {st.root}; run `latentstore encode` first")
+    done = graded_ids(st, c.calibration_version)
+    total = ds.count()
+    summary.latents = total
+    pending, n_pending = [], 0
+    counts = np.zeros(4, np.int64)
+    with Bar(summary.stage, total, "latents", enabled=progress) as bar:
+        seen = 0
+        for batch in ds.batches(columns=["slice_id", "z_sem"], batch_size=READ_BATCH):
+            ids = batch.column("slice_id").to_numpy().astype(np.int64)
+            seen += len(ids)
+            new = ~_isin_sorted(ids, done)
+            summary.already_graded += int((~new).sum())
+            if new.any():
+                z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)[new]
+                s = score_latents(h, c, z)
+                n = int(new.sum())
+                now = catalog.utcnow()
+                pending.append(pa.table({
+                    "slice_id": pa.array(ids[new]), "model_id": pa.array([h.model_id] * n),
+                    "hyperplane_version": pa.array(np.full(n, h.hyperplane_version, np.int32)),
+                    "calibration_version": pa.array(np.full(n, c.calibration_version, np.int32)),
+                    **{k: pa.array(s[k]) for k in ("distance", "score", "score_sd", "grade", "ood", "ood_distance")},
+                    "run_id": pa.array([summary.run_id] * n), "graded_at": pa.array([now] * n, pa.timestamp("us")),
+                }))
+                n_pending += n
+                counts += np.bincount(s["grade"], minlength=4)
+                summary.ood += int(s["ood"].sum())
+                if n_pending >= GRADE_CHUNK:
+                    _write(st, pending)
+                    summary.graded += n_pending
+                    pending, n_pending = [], 0
+            bar.update(seen, info=f"{summary.graded + n_pending} graded")
+        if pending:
+            _write(st, pending)
+            summary.graded += n_pending
+    summary.by_grade = {int(g): int(n) for g, n in enumerate(counts) if n}
+
+
+def _isin_sorted(ids: np.ndarray, sorted_done: np.ndarray) -> np.ndarray:
+    if not len(sorted_done):
+        return np.zeros(len(ids), bool)
+    pos = np.clip(np.searchsorted(sorted_done, ids), 0, len(sorted_done) - 1)
+    return sorted_done[pos] == ids
+
+
+def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> GradeSummary:
+    t0 = time.monotonic()
+    with st.lock(f"grade-{model_id}", timeout_s=30):
+        catalog.close_dead_runs(st, stage)
+        run_id = catalog.start_run(st, stage, {"model_id": model_id})
+        summary = GradeSummary(run_id=run_id, stage=stage, model_id=model_id)
+        try:
+            if before is not None:
+                before(summary)
+            h, c = load_fit(st, model_id)
+            summary.hyperplane_version, summary.calibration_version = h.hyperplane_version, c.calibration_version
+            _grade(st, h, c, summary, progress)
+            summary.status = "ok"
+        except BaseException as e:
+            summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            _finish(st, summary, t0)
+            raise
+        _finish(st, summary, t0)
+    return summary
+
+
+def _finish(st: Store, summary: GradeSummary, t0: float) -> None:
+    summary.seconds = round(time.monotonic() - t0, 3)
+    summary.latents_per_s = round(summary.graded / summary.seconds, 1) if summary.seconds else 0.0
+    try:
+        catalog.finish_run(st, summary.run_id, summary.status, asdict(summary))
+    except Exception:
+        if summary.status == "ok":
+            raise
+
+
+def grade(store: Store | str | None, model: str | None = None, progress: bool = True) -> GradeSummary:
+    """Grade every latent of `model` without a grade under its current calibration."""
+    from .index import resolve_model_id
+
+    st = connect(store)
+    model_id = resolve_model_id(st, model)
+    load_fit(st, model_id)  # a clear error before a run is recorded
+    return _run(st, "grade", model_id, progress)
+
+
+def regrade(store: Store | str | None, model: str | None = None, progress: bool = True) -> GradeSummary:
+    """Refit when the current fit's labels changed (same settings), then grade what has no current grade."""
+    from .index import resolve_model_id
+
+    st = connect(store)
+    model_id = resolve_model_id(st, model)
+    h, c = load_fit(st, model_id)
+
+    def refit_if_needed(summary: GradeSummary) -> None:
+        *_, digest = select_labels(st, h.label_query)
+        if digest != h.label_hash:
+            fit(st, **settings(h, c), cv=False)
+            summary.refit, summary.refit_reason = True, "labels changed"
+
+    return _run(st, "regrade", model_id, progress, before=refit_if_needed)

@@ -1,0 +1,200 @@
+"""fit / grade / regrade (issue 12) on a store whose latents carry a planted fracture direction.
+
+The slices are the tiny synthetic ones; the latents of a made-up model are written straight into
+`latents/model_id=<id>/` (no encoder needed): z = noise + grade * u, so the right hyperplane is known.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import latentstore
+from latentstore import catalog
+from latentstore.cli import app
+from latentstore.encode import latent_part_name, latents_table
+from latentstore.errors import InputError, StoreError
+from latentstore.fit import fit, load_fit, to_grade
+from latentstore.grade import grade, regrade, score_latents
+from tiny_store import make_store
+
+MODEL = "feedfacecafe0001"
+D = 512
+runner = CliRunner()
+
+
+def direction(seed: int = 7) -> np.ndarray:
+    u = np.random.default_rng(seed).normal(size=D)
+    return u / np.linalg.norm(u)
+
+
+def add_latents(st, slice_ids: np.ndarray, grades: np.ndarray, seed: int, shift: float = 0.0) -> None:
+    """z = N(0, I) * 0.5 + 1 + grade * 1.5 * u (+ shift): a planted fracture direction u."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(len(slice_ids), D)) * 0.5 + 1.0 + np.outer(grades * 1.5, direction()) + shift
+    ds = st.latents(MODEL)
+    name = latent_part_name(slice_ids)
+    ds.write_staged(latents_table(slice_ids, z), "test-run", name)
+    ds.publish("test-run", name)
+
+
+def put_labels(st, rows: list[tuple[str, int, int]], source: str = "truth") -> None:
+    """Label rows (scan_id, level, grade) as one import of `source` (the current labels of that source)."""
+    with catalog.writer(st) as con:
+        iid = catalog.new_run_id("labels")
+        con.executemany("INSERT INTO label_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [[iid, source, s, lv, f"L{lv - 19}", g, g >= 1, None, None, i] for i, (s, lv, g) in enumerate(rows)])
+        con.execute("INSERT INTO label_imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [iid, source, "long", iid, catalog.utcnow(), len(rows), len(rows), 0, "[]"])
+
+
+def planted_grades(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice([0, 1, 2, 3], size=n, p=[0.6, 0.1, 0.15, 0.15])
+
+
+@pytest.fixture
+def store(tmp_path):
+    root = make_store(tmp_path / "store", n_scans=80, levels=4, seed=1)
+    st = latentstore.connect(root)
+    t = st.slices.read(columns=["slice_id", "scan_id", "level"])
+    ids = t.column("slice_id").to_numpy()
+    g = planted_grades(len(ids), seed=2)
+    add_latents(st, ids, g, seed=3)
+    put_labels(st, list(zip(t.column("scan_id").to_pylist(), t.column("level").to_pylist(), g.tolist())))
+    return st, dict(zip(ids.tolist(), g.tolist()))
+
+
+def test_planted_direction_is_found_and_linear_calibration_is_exact(store):
+    st, truth = store
+    s = fit(st, MODEL)
+    assert s.hyperplane_version == 1 and s.calibration_version == 1
+    assert s.n_labelled == sum(g != 1 for g in truth.values())  # G1 never trains the classifier
+    assert s.train_auc > 0.99 and s.cv_auc > 0.97
+    h, c = load_fit(st, MODEL)
+    # the normal points along u as seen in standardised space (u / std), towards fracture
+    target = direction() / h.z_std
+    cos = float(h.normal @ target / np.linalg.norm(target))
+    assert cos > 0.8, cos
+    # raw and standardised forms are the same hyperplane
+    z = np.random.default_rng(0).normal(size=(5, D)).astype(np.float32) + 1
+    assert np.allclose(z @ h.normal_raw + h.bias_raw, h.distance(h.standardise(z)), atol=1e-3)
+    # linear calibration: the G0 and G3 mean distances map to exactly 0 and 3
+    assert c.score(c.grade_means["0"]) == pytest.approx(0, abs=1e-9)
+    assert c.score(c.grade_means["3"]) == pytest.approx(3, abs=1e-9)
+    assert len(c.boot_coefficients) == len(h.boot_normals) > 8
+
+
+def test_grades_are_monotone_in_distance_incremental_and_idempotent(store, tmp_path):
+    st, truth = store
+    fit(st, MODEL)
+    first = grade(st, MODEL, progress=False)
+    assert first.graded == len(truth) and first.already_graded == 0 and first.status == "ok"
+    g = st.sql("SELECT slice_id, distance, score, score_sd, grade FROM current_grades ORDER BY distance")
+    grades = g.column("grade").to_numpy()
+    assert (np.diff(grades) >= 0).all()  # monotone in the distance
+    assert (g.column("score_sd").to_numpy() > 0).all()
+    pred = dict(zip(g.column("slice_id").to_pylist(), grades.tolist()))
+    assert np.mean([pred[s] == t for s, t in truth.items() if t != 1]) > 0.7
+    again = regrade(st, MODEL, progress=False)
+    assert again.graded == 0 and not again.refit and again.already_graded == len(truth)  # a no-op
+    assert st.sql("SELECT count(*) AS n FROM grades").column("n")[0].as_py() == len(truth)
+    # new scans (ingest + encode) get graded by the next regrade, nothing else
+    more = make_store(tmp_path / "more", n_scans=5, levels=4, seed=9, first=500)
+    shutil.copy(more / "slices" / "part.parquet", st.slices.part_path("part-more.parquet"))
+    new_ids = pq.read_table(more / "slices" / "part.parquet", columns=["slice_id"]).column("slice_id").to_numpy()
+    add_latents(st, new_ids, planted_grades(len(new_ids), 4), seed=5)
+    third = regrade(st, MODEL, progress=False)
+    assert third.graded == len(new_ids) and not third.refit
+    runs = st.sql("SELECT stage, status FROM runs ORDER BY started").to_pylist()
+    assert [r["stage"] for r in runs] == ["grade", "regrade", "regrade"] and all(r["status"] == "ok" for r in runs)
+
+
+def test_changed_labels_refit_and_regrade_everything(store):
+    st, truth = store
+    fit(st, MODEL)
+    grade(st, MODEL, progress=False)
+    t = st.sql("SELECT scan_id, level, grade FROM labels ORDER BY scan_id, level").to_pylist()
+    t[0]["grade"] = 3 if t[0]["grade"] == 0 else 0  # one corrected label
+    put_labels(st, [(r["scan_id"], r["level"], r["grade"]) for r in t])
+    s = regrade(st, MODEL, progress=False)
+    assert s.refit and s.calibration_version == 2 and s.graded == len(truth)
+    assert st.sql("SELECT count(*) AS n FROM current_grades").column("n")[0].as_py() == len(truth)
+    assert st.sql("SELECT count(*) AS n FROM grades").column("n")[0].as_py() == 2 * len(truth)  # history kept
+    assert not regrade(st, MODEL, progress=False).refit
+
+
+def test_ood_flag_marks_a_shifted_distribution(store):
+    st, _ = store
+    fit(st, MODEL)
+    h, c = load_fit(st, MODEL)
+    rng = np.random.default_rng(11)
+    like = rng.normal(size=(400, D)) * 0.5 + 1.0
+    shifted = like * 1.6 + rng.normal(size=D)  # another scanner, another anatomy
+    assert score_latents(h, c, like)["ood"].mean() < 0.1
+    assert score_latents(h, c, shifted)["ood"].mean() > 0.9
+
+
+def test_polynomial_calibrations_and_svm(store):
+    st, _ = store
+    for kind in ("poly1", "poly3"):
+        s = fit(st, MODEL, classifier="svm", calibration=kind, bootstrap=4)
+        assert s.train_auc > 0.99 and s.calibration_macro_f1 > 0.6
+    h, c = load_fit(st, MODEL)
+    assert c.kind == "poly3" and len(c.coefficients) == 4 and h.classifier == "svm"
+
+
+def test_bad_inputs_are_clear_and_store_nothing(store):
+    st, _ = store
+    with pytest.raises(StoreError, match="no fit for model"):
+        grade(st, MODEL, progress=False)
+    with pytest.raises(InputError, match="no labelled slices match"):
+        fit(st, MODEL, labels="l.source = 'nobody'")
+    with pytest.raises(InputError, match="G0 and G3"):
+        fit(st, MODEL, labels="l.grade <> 3")
+    with pytest.raises(InputError, match="one SQL predicate"):
+        fit(st, MODEL, labels="TRUE; DROP TABLE labels")
+    with pytest.raises(InputError, match="--classifier"):
+        fit(st, MODEL, classifier="forest")
+    assert st.sql("SELECT count(*) AS n FROM hyperplanes").column("n")[0].as_py() == 0
+    put_labels(st, [(r["scan_id"], r["level"], 3 - (r["grade"] or 0)) for r in
+                    st.sql("SELECT scan_id, level, grade FROM labels").to_pylist()], source="other")
+    with pytest.raises(InputError, match="different labels from different sources"):
+        fit(st, MODEL)
+    assert fit(st, MODEL, labels="l.source = 'truth'").n_labelled > 0
+
+
+def test_cli_fit_grade_regrade_json(store):
+    st, truth = store
+    r = runner.invoke(app, ["fit", "--model", MODEL, "--store", st.root, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["hyperplane_version"] == 1
+    r = runner.invoke(app, ["grade", "--model", MODEL, "--store", st.root, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["graded"] == len(truth)
+    r = runner.invoke(app, ["regrade", "--model", MODEL, "--store", st.root])
+    assert r.exit_code == 0 and "0 latents graded" in r.output
+    r = runner.invoke(app, ["fit", "--model", MODEL, "--store", st.root, "--calibration", "cubic"])
+    assert r.exit_code == 2 and "--calibration must be one of" in r.output
+
+
+def test_to_grade_rounds_and_clips():
+    assert to_grade(np.array([-3.0, 0.49, 0.5, 1.5, 2.51, 9.0])).tolist() == [0, 0, 0, 2, 3, 3]
+
+
+def test_cuml_and_scikit_learn_agree(store):
+    cuml = pytest.importorskip("cuml")  # noqa: F841
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("cuML needs a GPU")
+    from latentstore.fit import fit_classifier
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.3).astype(int)
+    X = rng.normal(size=(2000, 64)) + np.outer(y, direction()[:64] * 3)
+    w1, _ = fit_classifier("logistic", 0.1, X, y, "scikit-learn")
+    w2, _ = fit_classifier("logistic", 0.1, X, y, "cuml")
+    assert float(w1 @ w2 / np.linalg.norm(w1) / np.linalg.norm(w2)) > 0.999
