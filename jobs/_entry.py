@@ -20,8 +20,9 @@ def run(command: str, argv: list[str] | None = None) -> int:
 
     group = typer.main.get_command(app)
     try:
-        group.main([command, *(sys.argv[1:] if argv is None else argv)], prog_name=f"jobs/{command}.py",
-                   standalone_mode=False)
+        # without standalone mode click *returns* the status of a typer.Exit (the CLI's error path)
+        status = group.main([command, *(sys.argv[1:] if argv is None else argv)], prog_name=f"jobs/{command}.py",
+                            standalone_mode=False)
     except SystemExit as e:  # click's --help / usage errors
         return int(e.code or 0)
     except Exception as e:  # click.exceptions.Exit carries the command's status
@@ -31,4 +32,4 @@ def run(command: str, argv: list[str] | None = None) -> int:
         if hasattr(e, "show"):
             e.show()
         return int(code)
-    return 0
+    return status if isinstance(status, int) else 0
