@@ -51,7 +51,8 @@ class _Group(TyperGroup):
 
 
 SETTINGS = {"help_option_names": ["-h", "--help"]}
-FLOW = ("synth", "ingest", "locate", "slices", "train", "encode", "index", "labels", "search", "sql", "eval")
+FLOW = ("synth", "ingest", "locate", "slices", "train", "encode", "index", "labels", "search", "fit", "grade", "regrade",
+        "sql", "eval")
 
 
 def _typer(**kw) -> typer.Typer:

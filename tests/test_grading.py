@@ -198,3 +198,20 @@ def test_cuml_and_scikit_learn_agree(store):
     w1, _ = fit_classifier("logistic", 0.1, X, y, "scikit-learn")
     w2, _ = fit_classifier("logistic", 0.1, X, y, "cuml")
     assert float(w1 @ w2 / np.linalg.norm(w1) / np.linalg.norm(w2)) > 0.999
+
+
+def test_the_scheduled_job_is_the_regrade_command(store):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    st, truth = store
+    fit(st, MODEL)
+    job = Path(__file__).resolve().parents[1] / "jobs" / "regrade.py"
+    r = subprocess.run([sys.executable, str(job), "--store", st.root, "--model", MODEL, "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["graded"] == len(truth)
+    r = subprocess.run([sys.executable, str(job), "--store", st.root, "--model", "0000000000000000"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "no fit for model" in (r.stdout + r.stderr)

@@ -36,7 +36,37 @@ def test_job_entry_points_exist():
         for doc in docs:
             if doc["kind"] == "CronJob":
                 container = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-                assert container["args"][0] in commands, path
+                if "command" in container:  # a Ray job submitter: the entry point after "--" is a job
+                    _check_job_call(container["command"][container["command"].index("--") + 1 :])
+                else:  # the image's entry point is the CLI
+                    assert container["args"][0] in commands, path
+
+
+def _check_job_call(argv: list[str]) -> None:
+    """`python [/app/]jobs/X.py OPTIONS...`: X is a job, and its CLI command accepts the options."""
+    group = typer.main.get_command(app)
+    assert argv[0] == "python" and re.fullmatch(r"(/app/)?jobs/\w+\.py", argv[1]), argv
+    assert (ROOT / "jobs" / Path(argv[1]).name).exists(), argv
+    script = Path(argv[1]).stem
+    ctx = group.commands[script].make_context(script, argv[2:])  # raises on an unknown option
+    assert ctx.params["store"] == "/data/store", argv
+
+
+def test_cron_entries_submit_jobs_that_exist():
+    import shlex
+
+    entries = 0
+    for path in sorted((INFRA / "cron").glob("*.cron")):
+        for line in path.read_text().splitlines():
+            if not line.strip() or line.startswith("#") or re.match(r"^\w+=", line):
+                continue
+            fields = line.split(None, 5)
+            assert len(fields) == 6 and all(re.fullmatch(r"[\d*/,-]+", f) for f in fields[:5]), line
+            argv = shlex.split(fields[5].split(">>")[0])
+            assert argv[:3] == ["ray", "job", "submit"], line
+            _check_job_call(argv[argv.index("--") + 1 :])
+            entries += 1
+    assert entries >= 1
 
 
 def test_dockerfile_installs_the_package_and_its_schemas():
