@@ -321,6 +321,20 @@ def labels_import(
     _emit(import_labels(_connect(store), file, fmt, source), json_out)
 
 
+@labels_app.command("suggest")
+def labels_suggest(
+    n: Annotated[int, typer.Option("-n", min=1, metavar="N", help="How many vertebrae to suggest.")] = 20,
+    model: ModelOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", metavar="PNG", help="PNG of the suggested slices (default: STORE/pictures/suggest-<model>.png).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """The unlabelled vertebrae the current fit is least sure of, spread over z_sem: label these next."""
+    from .suggest import suggest
+
+    _emit(suggest(_connect(store), n, model, picture=out_file or True), json_out)
+
+
 @slices_app.command("show")
 def slices_show(
     slice_id: Annotated[Optional[int], typer.Argument(help="A slice id.")] = None,

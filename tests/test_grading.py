@@ -215,3 +215,33 @@ def test_the_scheduled_job_is_the_regrade_command(store):
     r = subprocess.run([sys.executable, str(job), "--store", st.root, "--model", "0000000000000000"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "no fit for model" in (r.stdout + r.stderr)
+
+
+def test_labels_suggest_picks_uncertain_unlabelled_and_spread_out(tmp_path):
+    from latentstore.suggest import suggest
+
+    root = make_store(tmp_path / "store", n_scans=80, levels=4, seed=1)
+    st = latentstore.connect(root)
+    t = st.slices.read(columns=["slice_id", "scan_id", "level"])
+    ids = t.column("slice_id").to_numpy()
+    g = planted_grades(len(ids), seed=2)
+    add_latents(st, ids, g, seed=3)
+    scans = t.column("scan_id").to_pylist()
+    labelled = {s for s in sorted(set(scans))[:40]}  # half the patients labelled
+    put_labels(st, [(s, lv, gr) for s, lv, gr in zip(scans, t.column("level").to_pylist(), g.tolist()) if s in labelled])
+    with pytest.raises(StoreError, match="no fit"):
+        suggest(st, 5, MODEL)
+    fit(st, MODEL, bootstrap=8)
+    out = suggest(st, 10, MODEL, picture=tmp_path / "s.png")
+    assert out.unlabelled == sum(s not in labelled for s in scans) and len(out.rows) == 10
+    assert all(r["scan_id"] not in labelled for r in out.rows)
+    assert len({r["slice_id"] for r in out.rows}) == 10 and (tmp_path / "s.png").stat().st_size > 0
+    # the picked ones lie nearer the hyperplane than the unlabelled vertebrae do on average
+    h, c = load_fit(st, MODEL)
+    from latentstore.index import read_latents
+
+    _, z = read_latents(st, MODEL, ids[[s not in labelled for s in scans]])
+    d_all = np.abs(h.distance(h.standardise(z)))
+    assert np.median([abs(r["distance"]) for r in out.rows]) < np.median(d_all) / 2
+    r = runner.invoke(app, ["labels", "suggest", "-n", "3", "--model", MODEL, "--store", st.root, "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.output)["rows"]) == 3
