@@ -60,11 +60,9 @@ class GradeSummary(Result):
 
 def score_latents(h: Hyperplane, c: Calibration, z: np.ndarray) -> dict[str, np.ndarray]:
     """Distance, score, score_sd, grade, OOD distance and flag of raw latents (N, D)."""
-    zs = h.standardise(z)
-    d = h.distance(zs)
+    d, boot_d, ood_d = h.raw_scores(z)
     score = c.score(d)
-    boot = c.boot_scores(h.boot_distances(zs))
-    ood_d = h.ood_distance(zs)
+    boot = c.boot_scores(boot_d)
     return {"distance": d.astype(np.float32), "score": score.astype(np.float32),
             "score_sd": boot.std(axis=1).astype(np.float32), "grade": to_grade(score),
             "ood": ood_d > h.ood_threshold, "ood_distance": ood_d.astype(np.float32)}
@@ -99,13 +97,12 @@ def _grade(st: Store, h: Hyperplane, c: Calibration, summary: GradeSummary, prog
     counts = np.zeros(4, np.int64)
     with Bar(summary.stage, total, "latents", enabled=progress) as bar:
         seen = 0
-        for batch in ds.batches(columns=["slice_id", "z_sem"], batch_size=READ_BATCH):
-            ids = batch.column("slice_id").to_numpy().astype(np.int64)
+        for ids, z in latent_arrays(ds):
             seen += len(ids)
             new = ~_isin_sorted(ids, done)
             summary.already_graded += int((~new).sum())
             if new.any():
-                z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)[new]
+                z = z[new]
                 s = score_latents(h, c, z)
                 n = int(new.sum())
                 now = catalog.utcnow()
@@ -128,6 +125,28 @@ def _grade(st: Store, h: Hyperplane, c: Calibration, summary: GradeSummary, prog
             _write(st, pending)
             summary.graded += n_pending
     summary.by_grade = {int(g): int(n) for g, n in enumerate(counts) if n}
+
+
+def latent_arrays(ds, batch_size: int = READ_BATCH):
+    """(slice ids int64, z_sem float32 (n, D)) per batch of a latents dataset; the next batch is read and
+    decoded in a thread while the caller works on this one (Parquet decoding and numpy both release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode(batch):
+        ids = batch.column("slice_id").to_numpy().astype(np.int64)
+        return ids, batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+
+    it = ds.batches(columns=["slice_id", "z_sem"], batch_size=batch_size)
+
+    def step():
+        batch = next(it, None)
+        return None if batch is None else decode(batch)
+
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(step)
+        while (item := nxt.result()) is not None:
+            nxt = pool.submit(step)
+            yield item
 
 
 def _isin_sorted(ids: np.ndarray, sorted_done: np.ndarray) -> np.ndarray:

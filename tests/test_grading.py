@@ -126,6 +126,8 @@ def test_changed_labels_refit_and_regrade_everything(store):
     assert st.sql("SELECT count(*) AS n FROM current_grades").column("n")[0].as_py() == len(truth)
     assert st.sql("SELECT count(*) AS n FROM grades").column("n")[0].as_py() == 2 * len(truth)  # history kept
     assert not regrade(st, MODEL, progress=False).refit
+    # the latents did not change: one normalisation / OOD reference served both fits
+    assert st.sql("SELECT count(*) AS n FROM latent_stats").column("n")[0].as_py() == 1
 
 
 def test_ood_flag_marks_a_shifted_distribution(store):
@@ -245,3 +247,15 @@ def test_labels_suggest_picks_uncertain_unlabelled_and_spread_out(tmp_path):
     assert np.median([abs(r["distance"]) for r in out.rows]) < np.median(d_all) / 2
     r = runner.invoke(app, ["labels", "suggest", "-n", "3", "--model", MODEL, "--store", st.root, "--json"])
     assert r.exit_code == 0 and len(json.loads(r.output)["rows"]) == 3
+
+
+def test_folded_scoring_equals_the_standardised_formulas(store):
+    st, _ = store
+    fit(st, MODEL, bootstrap=5)
+    h, _ = load_fit(st, MODEL)
+    z = (np.random.default_rng(5).normal(size=(300, D)) * 0.7 + 1.2).astype(np.float32)
+    zs = h.standardise(z)
+    d, boot, ood = h.raw_scores(z)
+    assert np.allclose(d, h.distance(zs), atol=1e-3)
+    assert np.allclose(boot, h.boot_distances(zs), atol=1e-3)
+    assert np.allclose(ood, h.ood_distance(zs), rtol=1e-3)
