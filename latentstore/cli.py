@@ -505,6 +505,21 @@ def eval_probe(
     _emit(run_probe(_connect(store), model, labels, seeds=tuple(range(seeds)), k=folds, record=record), json_out)
 
 
+@eval_app.command("grading")
+def eval_grading(
+    model: ModelOpt = None,
+    labels: Annotated[str, typer.Option("--labels", metavar="SQL", help="Predicate over l (labels) and s (slices) selecting the graded vertebrae.")] = "TRUE",
+    densenet_steps: Annotated[int, typer.Option("--densenet-steps", min=0, metavar="N", help="Adam steps of the DenseNet121 baseline (0 = skip it).")] = 400,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Report folder (default: STORE/reports/grading-<model>).")] = None,
+    store: StoreOpt = DEFAULT_STORE,
+    json_out: JsonOpt = False,
+) -> None:
+    """The paper's Table 2 on a split by patient: probes, hyperplane regressions, DenseNet121, label efficiency."""
+    from .eval_grading import eval_grading as run_eval
+
+    _emit(run_eval(_connect(store), model, labels, densenet_steps, out=out_dir, progress=not json_out), json_out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
