@@ -159,7 +159,7 @@ def densenet(images_tr: np.ndarray, g_tr: np.ndarray, images_te: np.ndarray, ste
             opt.zero_grad()
             loss.backward()
             opt.step()
-            bar.update(step + 1, info=f"loss {float(loss):.3f}")
+            bar.update(step + 1, info=f"loss {float(loss.detach()):.3f}")
     net.eval()
     out = []
     with torch.no_grad():
@@ -254,6 +254,7 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
     data = {
         "model_id": model_id, "split": d.split_rule, "labels": labels,
         "n_train": int(tr.sum()), "n_test": int(te.sum()), "n_test_fractured": int(yte.sum()),
+        "n_test_all": int(d.test.sum()),
         "n_train_patients": len(set(d.patient[~d.test])), "n_test_patients": len(set(d.patient[d.test])),
         "rows": rows, "paper": {k: {"auc": a, "macro_f1": f} for k, (a, f) in PAPER.items()},
         "confusion_main": {"rows_true": [0, 1, 2, 3], "cols_pred": [0, 1, 2, 3], "counts": conf},

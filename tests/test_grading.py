@@ -259,3 +259,21 @@ def test_folded_scoring_equals_the_standardised_formulas(store):
     assert np.allclose(d, h.distance(zs), atol=1e-3)
     assert np.allclose(boot, h.boot_distances(zs), atol=1e-3)
     assert np.allclose(ood, h.ood_distance(zs), rtol=1e-3)
+
+
+def test_eval_grading_table_on_a_patient_split(store, tmp_path):
+    from latentstore.eval_grading import eval_grading
+
+    st, truth = store
+    r = eval_grading(st, MODEL, densenet_steps=2, curve=(10, None), curve_seeds=2, out=tmp_path / "rep", progress=False)
+    rows = r["rows"]
+    assert {"probe logistic", "probe svm", "hyperplane logistic linear", "hyperplane svm poly3", "densenet121"} <= set(rows)
+    assert rows["hyperplane logistic linear"]["auc"] > 0.95 and rows["hyperplane logistic linear"]["macro_f1"] > 0.6
+    assert 0 <= rows["densenet121"]["auc"] <= 1  # 2 steps: a plumbing check, not a result
+    assert r["split"].startswith("hash of patient_key") and r["n_train"] + r["n_test"] == sum(g != 1 for g in truth.values())
+    conf = np.array(r["confusion_main"]["counts"])
+    assert conf.sum() == r["n_test_all"] > r["n_test"]  # every test vertebra, G1 included
+    assert set(r["label_efficiency"]["dae"]) == {"10", "all"} and set(r["label_efficiency"]["densenet121"]) == {"10", "all"}
+    md = (tmp_path / "rep" / "grading.md").read_text()
+    assert "| hyperplane logistic linear |" in md and (tmp_path / "rep" / "grading.png").stat().st_size > 0
+    assert json.loads((tmp_path / "rep" / "grading.json").read_text())["model_id"] == MODEL
