@@ -103,7 +103,10 @@ class Hyperplane:
         d = y[:, 0] + off[0]
         boot = y[:, 1 : 1 + nb] + off[1 : 1 + nb]
         proj = y[:, 1 + nb : -1] + off[1 + nb :]
-        sq = (z * z) @ inv2 + y[:, -1] + const  # |x|^2
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.shape != z.shape:
+            buf = self._buf = np.empty_like(z)  # reused across batches: no 100 MB allocation per batch
+        sq = np.square(z, out=buf) @ inv2 + y[:, -1] + const  # |x|^2
         inside = (proj * proj / self.ood_variances).sum(1)
         resid = np.maximum(sq - (proj * proj).sum(1), 0.0) / self.ood_residual
         return d, boot, np.sqrt(inside + resid)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import catalog
 from .errors import StoreError
@@ -78,11 +79,16 @@ def graded_ids(st: Store, calibration_version: int) -> np.ndarray:
     return np.sort(t.column("slice_id").to_numpy().astype(np.int64))
 
 
-def _write(st: Store, rows: list[pa.Table]) -> None:
+SCORED = ("distance", "score", "score_sd", "grade", "ood", "ood_distance")
+
+
+def _write(st: Store, rows: list[pa.Table], h: Hyperplane, c: Calibration, run_id: str) -> None:
+    """One transaction: the scored rows, with the versions, run and time as constants of the INSERT."""
     table = pa.concat_tables(rows)
     with catalog.writer(st) as con:
         con.register("new_grades", table)
-        con.execute("INSERT INTO grades SELECT * FROM new_grades")
+        con.execute(f"INSERT INTO grades SELECT slice_id, ?, ?, ?, {', '.join(SCORED)}, ?, ? FROM new_grades",
+                    [h.model_id, h.hyperplane_version, c.calibration_version, run_id, catalog.utcnow()])
         con.unregister("new_grades")
 
 
@@ -97,55 +103,55 @@ def _grade(st: Store, h: Hyperplane, c: Calibration, summary: GradeSummary, prog
     counts = np.zeros(4, np.int64)
     with Bar(summary.stage, total, "latents", enabled=progress) as bar:
         seen = 0
-        for ids, z in latent_arrays(ds):
+        for ids, z in latent_arrays(ds, done):
             seen += len(ids)
-            new = ~_isin_sorted(ids, done)
+            new = ~_isin_sorted(ids, done) if z is not None else np.zeros(len(ids), bool)
             summary.already_graded += int((~new).sum())
             if new.any():
-                z = z[new]
-                s = score_latents(h, c, z)
-                n = int(new.sum())
-                now = catalog.utcnow()
-                pending.append(pa.table({
-                    "slice_id": pa.array(ids[new]), "model_id": pa.array([h.model_id] * n),
-                    "hyperplane_version": pa.array(np.full(n, h.hyperplane_version, np.int32)),
-                    "calibration_version": pa.array(np.full(n, c.calibration_version, np.int32)),
-                    **{k: pa.array(s[k]) for k in ("distance", "score", "score_sd", "grade", "ood", "ood_distance")},
-                    "run_id": pa.array([summary.run_id] * n), "graded_at": pa.array([now] * n, pa.timestamp("us")),
-                }))
-                n_pending += n
+                s = score_latents(h, c, z[new])
+                pending.append(pa.table({"slice_id": pa.array(ids[new]),
+                                         **{k: pa.array(s[k]) for k in SCORED}}))
+                n_pending += int(new.sum())
                 counts += np.bincount(s["grade"], minlength=4)
                 summary.ood += int(s["ood"].sum())
                 if n_pending >= GRADE_CHUNK:
-                    _write(st, pending)
+                    _write(st, pending, h, c, summary.run_id)
                     summary.graded += n_pending
                     pending, n_pending = [], 0
             bar.update(seen, info=f"{summary.graded + n_pending} graded")
         if pending:
-            _write(st, pending)
+            _write(st, pending, h, c, summary.run_id)
             summary.graded += n_pending
     summary.by_grade = {int(g): int(n) for g, n in enumerate(counts) if n}
 
 
-def latent_arrays(ds, batch_size: int = READ_BATCH):
-    """(slice ids int64, z_sem float32 (n, D)) per batch of a latents dataset; the next batch is read and
-    decoded in a thread while the caller works on this one (Parquet decoding and numpy both release the GIL)."""
+def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BATCH):
+    """(slice ids int64, z_sem float32 (n, D) or None) per batch of a latents dataset, part file by part file.
+
+    `done`: sorted ids to skip. A part's ids are read first (8 bytes a latent); a part whose latents are all
+    in `done` yields (ids, None) and its z_sem is never read, so a regrade with nothing new costs a scan of
+    the ids only. The next batch is read and decoded in a thread while the caller works on this one
+    (Parquet decoding and numpy both release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def decode(batch):
-        ids = batch.column("slice_id").to_numpy().astype(np.int64)
-        return ids, batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+    def batches():
+        for name in ds.parts():
+            with ds.store.fs.open_input_file(ds.part_path(name)) as f:
+                pf = pq.ParquetFile(f)
+                ids = pf.read(columns=["slice_id"]).column("slice_id").to_numpy().astype(np.int64)
+                if done is not None and _isin_sorted(ids, done).all():
+                    yield ids, None
+                    continue
+                for batch in pf.iter_batches(batch_size=batch_size, columns=["slice_id", "z_sem"]):
+                    bids = batch.column("slice_id").to_numpy().astype(np.int64)
+                    z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(bids), -1)
+                    yield bids, z
 
-    it = ds.batches(columns=["slice_id", "z_sem"], batch_size=batch_size)
-
-    def step():
-        batch = next(it, None)
-        return None if batch is None else decode(batch)
-
+    it = batches()
     with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(step)
+        nxt = pool.submit(next, it, None)
         while (item := nxt.result()) is not None:
-            nxt = pool.submit(step)
+            nxt = pool.submit(next, it, None)
             yield item
 
 
