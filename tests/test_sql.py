@@ -58,3 +58,21 @@ def test_sql_cannot_write_or_read_files(tmp_path):
     assert (tmp_path / "store" / "salt").exists()
     stolen = runner.invoke(app, ["sql", f"SELECT * FROM read_text('{store.root}/salt')", "--store", store.root])
     assert stolen.exit_code == 2 and "query failed" in stolen.output
+
+
+def test_a_copied_store_answers_from_its_own_parts(tmp_path):
+    """The views glob the folder the last writer saw; a copy read before any write scans its own parts."""
+    import shutil
+
+    from tiny_store import make_store
+
+    root = make_store(tmp_path / "a", n_scans=3, levels=2)
+    store = _store(tmp_path)  # a catalog (views refreshed by its writer)...
+    shutil.move(str(tmp_path / "store" / "catalog.duckdb"), root / "catalog.duckdb")
+    with __import__("latentstore").catalog.writer(Store(root)):
+        pass  # ... whose views now glob a/
+    shutil.copytree(root, tmp_path / "b")
+    shutil.rmtree(root)
+    copy = Store(tmp_path / "b")
+    assert copy.sql("SELECT count(*) AS n FROM slices").column("n")[0].as_py() == 6
+    del store
