@@ -130,24 +130,10 @@ def synth(
     Scans, masks and body centroids as in VerSe, ground-truth heights and grades (ground_truth.csv, grades.csv),
     scans.csv, previews and contact_sheet.png. The same seed gives the same files.
     """
-    import json
-
     from .synth import synth_archive
 
-    summary = synth_archive(out_dir, patients=patients, seed=seed, dicom=dicom, levels=levels, prevalence=prevalence,
-                            boundary=boundary, workers=workers, force=force, progress=not json_out)
-    if json_out:
-        print(json.dumps(summary, indent=2))
-        return
-    from rich.table import Table
-
-    table = Table("patients", "vertebrae", "G0", "G1", "G2", "G3", "train/val/test", "seconds",
-                  title=f"synth: {summary['out']} (seed {summary['seed']})")
-    g, sp = summary["grades"], summary["splits"]
-    table.add_row(str(summary["patients"]), str(summary["vertebrae"]), *(str(g[f"G{i}"]) for i in range(4)),
-                  f"{sp['train']}/{sp['val']}/{sp['test']}", f"{summary['seconds']:.1f}")
-    out.print(table)
-    out.print(f"contact sheet: {summary['sheets'][0] if summary['sheets'] else '-'}", highlight=False, soft_wrap=True)
+    _emit(synth_archive(out_dir, patients=patients, seed=seed, dicom=dicom, levels=levels, prevalence=prevalence,
+                        boundary=boundary, workers=workers, force=force, progress=not json_out), json_out)
 
 
 # -- ingest, slices --------------------------------------------------------------------------------------------
@@ -483,7 +469,7 @@ def eval_recon(
     json_out: JsonOpt = False,
 ) -> None:
     """Reconstruction (MSE, PSNR, SSIM, LPIPS with local weights) and generation (FD, MMD) on held-out slices."""
-    from .evaluate import eval_recon as run_eval
+    from .eval_recon import eval_recon as run_eval
 
     _emit(run_eval(_connect(store), model, steps=steps, n=n, batch_size=batch_size, lpips_weights=lpips_weights,
                    grid=grid, record=record, progress=not json_out), json_out)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from latentstore.cli import app
 from latentstore.errors import InputError
-from latentstore.evaluate import distribution_metrics, eval_recon, recon_metrics, table1
+from latentstore.eval_recon import distribution_metrics, eval_recon, recon_metrics, table1
 from latentstore.train import TrainConfig, train
 from tiny_store import make_store
 

@@ -29,6 +29,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from ..progress import Bar
+from ..result import Result
 from ..levels import level_range
 from .config import FORMAT_VERSION, SynthConfig, parse_prevalence
 from .dicom import write_dicom
@@ -40,6 +41,26 @@ from .write import Tables, grade_levels, gt_rows, scan_row, write_verse
 TOOL = "latentstore synth"
 SPLITS = ("train", "val", "test")
 _OURS = ["ground_truth.csv", "grades.csv", "scans.csv", "manifest.json", "README.md"]
+
+
+class SynthSummary(dict, Result):
+    """What `synth_archive` returns: a dict (patients, vertebrae, grades, splits, seconds, sheets, ...) that
+    renders itself as the CLI's table."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table("patients", "vertebrae", "G0", "G1", "G2", "G3", "train/val/test", "seconds",
+                      title=f"synth: {self['out']} (seed {self['seed']})")
+        g, sp = self["grades"], self["splits"]
+        table.add_row(str(self["patients"]), str(self["vertebrae"]), *(str(g[f"G{i}"]) for i in range(4)),
+                      f"{sp['train']}/{sp['val']}/{sp['test']}", f"{self['seconds']:.1f}")
+        return Group(table, Text(f"contact sheet: {self['sheets'][0] if self['sheets'] else '-'}"))
 
 
 def synth_archive(
@@ -97,13 +118,13 @@ def synth_archive(
         tables.close()
     sheets = contact_sheets(out, previews, f"latentstore synth seed {cfg.seed}") if cfg.sheet else []
     seconds = time.perf_counter() - start
-    summary = {
+    summary = SynthSummary({
         "out": str(out), "patients": cfg.patients, "vertebrae": sum(grades.values()),
         "grades": {f"G{g}": grades.get(f"G{g}", 0) for g in range(4)}, "shapes": dict(sorted(shapes.items())),
         "splits": {s: splits.count(s) for s in SPLITS}, "dicom": cfg.dicom, "seed": cfg.seed,
         "seconds": round(seconds, 2), "patients_per_second": round(cfg.patients / seconds, 3), "workers": workers,
         "sheets": [str(s) for s in sheets],
-    }
+    })
     _manifest(out, cfg, complete=True, summary=summary)
     _readme(out, cfg)
     return summary
