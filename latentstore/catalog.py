@@ -215,6 +215,34 @@ def start_run(store: Store, stage: str, args: dict) -> str:
     return run_id
 
 
+@contextmanager
+def recorded(summary, finish) -> Iterator[None]:
+    """A run's outcome on its summary: `status` "ok" when the block ends, "interrupted" on Ctrl-C, "failed" on
+    an exception (re-raised); `finish()` (which records the run's end) is called either way."""
+    try:
+        yield
+        summary.status = "ok"
+    except BaseException as e:
+        summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        finish()
+        raise
+    finish()
+
+
+def finish_summary(store: Store, summary, t0: float, done: int, rate: str) -> None:
+    """Seconds since `t0` and the rate `done / seconds` (into the field `rate`) on the summary, then the run's
+    end in `runs`; a failure to record it is raised only for a run that succeeded (else the first error wins)."""
+    from dataclasses import asdict
+
+    summary.seconds = round(time.monotonic() - t0, 3)
+    setattr(summary, rate, round(done / summary.seconds, 2) if summary.seconds else 0.0)
+    try:
+        finish_run(store, summary.run_id, summary.status, asdict(summary))
+    except Exception:
+        if summary.status == "ok":
+            raise
+
+
 def close_dead_runs(store: Store, stage: str) -> int:
     """Mark runs of `stage` still "running" as "killed"; return how many. Call it only while holding
     the stage's lock: then no such run can be alive, and a row left "running" was a killed process."""

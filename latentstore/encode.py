@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -184,27 +184,11 @@ def encode(
                 "batch_size": batch_size, "actors": actors}
         run_id = catalog.start_run(st, "encode", args)
         summary = EncodeSummary(run_id=run_id, model_id=meta.model_id, store=st.root, batch_size=batch_size)
-        try:
+        with catalog.recorded(summary, lambda: catalog.finish_summary(st, summary, t0, summary.encoded, "slices_per_s")):
             summary.staging_dropped = latents.clear_staging()
             _encode(st, meta, latents, run_id, address, batch_size, actors, progress, summary)
-            summary.status = "ok"
-        except BaseException as e:
-            summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            _finish(st, summary, t0)
-            raise
-        latents.clear_staging(run_id)
-        _finish(st, summary, t0)
+            latents.clear_staging(run_id)
     return summary
-
-
-def _finish(st: Store, summary: EncodeSummary, t0: float) -> None:
-    summary.seconds = round(time.monotonic() - t0, 3)
-    summary.slices_per_s = round(summary.encoded / summary.seconds, 2) if summary.seconds else 0.0
-    try:
-        catalog.finish_run(st, summary.run_id, summary.status, asdict(summary))
-    except Exception:
-        if summary.status == "ok":
-            raise
 
 
 def _todo(st: Store, done: np.ndarray, summary: EncodeSummary) -> tuple[list[tuple[str, int]], np.ndarray]:

@@ -15,7 +15,7 @@ after a refit. Both record a run.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -168,29 +168,13 @@ def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> G
         catalog.close_dead_runs(st, stage)
         run_id = catalog.start_run(st, stage, {"model_id": model_id})
         summary = GradeSummary(run_id=run_id, stage=stage, model_id=model_id)
-        try:
+        with catalog.recorded(summary, lambda: catalog.finish_summary(st, summary, t0, summary.graded, "latents_per_s")):
             if before is not None:
                 before(summary)
             h, c = load_fit(st, model_id)
             summary.hyperplane_version, summary.calibration_version = h.hyperplane_version, c.calibration_version
             _grade(st, h, c, summary, progress)
-            summary.status = "ok"
-        except BaseException as e:
-            summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            _finish(st, summary, t0)
-            raise
-        _finish(st, summary, t0)
     return summary
-
-
-def _finish(st: Store, summary: GradeSummary, t0: float) -> None:
-    summary.seconds = round(time.monotonic() - t0, 3)
-    summary.latents_per_s = round(summary.graded / summary.seconds, 1) if summary.seconds else 0.0
-    try:
-        catalog.finish_run(st, summary.run_id, summary.status, asdict(summary))
-    except Exception:
-        if summary.status == "ok":
-            raise
 
 
 def grade(store: Store | str | None, model: str | None = None, progress: bool = True) -> GradeSummary:

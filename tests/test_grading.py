@@ -57,15 +57,21 @@ def planted_grades(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).choice([0, 1, 2, 3], size=n, p=[0.6, 0.1, 0.15, 0.15])
 
 
-@pytest.fixture
-def store(tmp_path):
-    root = make_store(tmp_path / "store", n_scans=80, levels=4, seed=1)
-    st = latentstore.connect(root)
+def planted_store(root, labelled=lambda scan: True):
+    """80 scans x 4 levels with planted latents; labels for the scans `labelled` says yes to."""
+    st = latentstore.connect(make_store(root, n_scans=80, levels=4, seed=1))
     t = st.slices.read(columns=["slice_id", "scan_id", "level"])
     ids = t.column("slice_id").to_numpy()
     g = planted_grades(len(ids), seed=2)
     add_latents(st, ids, g, seed=3)
-    put_labels(st, list(zip(t.column("scan_id").to_pylist(), t.column("level").to_pylist(), g.tolist())))
+    scans = t.column("scan_id").to_pylist()
+    put_labels(st, [(s, lv, gr) for s, lv, gr in zip(scans, t.column("level").to_pylist(), g.tolist()) if labelled(s)])
+    return st, ids, scans, g
+
+
+@pytest.fixture
+def store(tmp_path):
+    st, ids, _, g = planted_store(tmp_path / "store")
     return st, dict(zip(ids.tolist(), g.tolist()))
 
 
@@ -222,15 +228,8 @@ def test_the_scheduled_job_is_the_regrade_command(store):
 def test_labels_suggest_picks_uncertain_unlabelled_and_spread_out(tmp_path):
     from latentstore.suggest import suggest
 
-    root = make_store(tmp_path / "store", n_scans=80, levels=4, seed=1)
-    st = latentstore.connect(root)
-    t = st.slices.read(columns=["slice_id", "scan_id", "level"])
-    ids = t.column("slice_id").to_numpy()
-    g = planted_grades(len(ids), seed=2)
-    add_latents(st, ids, g, seed=3)
-    scans = t.column("scan_id").to_pylist()
-    labelled = {s for s in sorted(set(scans))[:40]}  # half the patients labelled
-    put_labels(st, [(s, lv, gr) for s, lv, gr in zip(scans, t.column("level").to_pylist(), g.tolist()) if s in labelled])
+    labelled = {f"sub-{i:03d}" for i in range(40)}  # half the patients labelled
+    st, ids, scans, _ = planted_store(tmp_path / "store", lambda scan: scan in labelled)
     with pytest.raises(StoreError, match="no fit"):
         suggest(st, 5, MODEL)
     fit(st, MODEL, bootstrap=8)
