@@ -172,9 +172,9 @@ def ingest(
 
         encoded = run_encode(st, None if model == "default" else model, address=address, progress=not json_out)
     if json_out:
-        import json
+        from .result import to_json
 
-        print(json.dumps({**summary.to_dict(), **({"encode": encoded.to_dict()} if encoded else {})}, indent=2, default=str))
+        print(to_json({**summary.to_dict(), **({"encode": encoded.to_dict()} if encoded else {})}))
     else:
         out.print(summary)
         if encoded:

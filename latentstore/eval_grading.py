@@ -20,7 +20,6 @@ counted as healthy. The main method (logistic hyperplane, linear calibration) al
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .levels import NAMES, ORDER
 from .fit import DEFAULT_C, calibrate, fit_classifier, macro_f1_023, to_grade, unit
-from .result import Report
+from .levels import NAMES, ORDER
+from .result import Report, to_json
 from .store import Store, connect
 
 TEST_FRACTION = 0.3
@@ -58,8 +57,8 @@ class GradingData:
 def grading_data(st: Store, model_id: str, labels: str = "TRUE") -> GradingData:
     """Labelled vertebrae with a grade and a latent of `model_id`, and the train/test split by patient."""
     from .index import read_latents
-    from .sql import query
     from .slicedata import is_holdout
+    from .sql import query
 
     if ";" in labels:
         raise InputError("--labels is one SQL predicate (no ';')")
@@ -267,7 +266,7 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
                                                       f"(G0/G2/G3) of {data['n_train_patients']} patients"])
     folder = Path(out) if out else Path(st.local_path("reports", f"grading-{model_id}"))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "grading.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
+    (folder / "grading.json").write_text(to_json(data) + "\n")
     (folder / "grading.md").write_text(markdown(data))
     _plot(folder / "grading.png", data)
     data["files"] = [str(folder / n) for n in ("grading.md", "grading.json", "grading.png")]

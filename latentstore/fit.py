@@ -29,7 +29,7 @@ import numpy as np
 
 from . import catalog
 from .errors import InputError, StoreError
-from .result import Result
+from .result import Result, to_json
 from .store import Store, connect
 
 CLASSIFIERS = ("logistic", "svm")
@@ -512,10 +512,10 @@ def _store_fit(st: Store, hp: dict, cal: dict) -> tuple[int, int]:
         cal_v = con.execute("SELECT coalesce(max(calibration_version), 0) + 1 FROM calibrations").fetchone()[0]
         now = catalog.utcnow()
         cols = ["hyperplane_version", *hp, "created"]
-        vals = [hp_v, *(json.dumps(v) if k == "metrics" else arr(v) for k, v in hp.items()), now]
+        vals = [hp_v, *(to_json(v) if k == "metrics" else arr(v) for k, v in hp.items()), now]
         con.execute(f"INSERT INTO hyperplanes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
         cols = ["calibration_version", "hyperplane_version", "model_id", *cal, "created"]
-        vals = [cal_v, hp_v, hp["model_id"], *(json.dumps(v) if k in ("metrics", "grade_means") else arr(v)
+        vals = [cal_v, hp_v, hp["model_id"], *(to_json(v) if k in ("metrics", "grade_means") else arr(v)
                                                 for k, v in cal.items()), now]
         con.execute(f"INSERT INTO calibrations ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
     return int(hp_v), int(cal_v)

@@ -6,6 +6,7 @@ Every CLI command is a few lines: call the stage function, then `emit(result, js
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
@@ -25,7 +26,25 @@ class Result:
         return table
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str)
+        return to_json(self.to_dict())
+
+
+def _strict(v: Any) -> Any:
+    """NaN and infinities become null: `json.dumps` would write `NaN`, which strict JSON readers refuse."""
+    if hasattr(v, "tolist") and hasattr(v, "dtype"):  # numpy scalars and arrays, without importing numpy
+        v = v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    return v
+
+
+def to_json(data: Any) -> str:
+    """Strict JSON (no NaN) of a result's numbers; anything else JSON lacks is written as its string."""
+    return json.dumps(_strict(data), indent=2, default=str, allow_nan=False)
 
 
 @dataclass

@@ -275,4 +275,14 @@ def test_eval_grading_table_on_a_patient_split(store, tmp_path):
     assert set(r["label_efficiency"]["dae"]) == {"10", "all"} and set(r["label_efficiency"]["densenet121"]) == {"10", "all"}
     md = (tmp_path / "rep" / "grading.md").read_text()
     assert "| hyperplane logistic linear |" in md and (tmp_path / "rep" / "grading.png").stat().st_size > 0
-    assert json.loads((tmp_path / "rep" / "grading.json").read_text())["model_id"] == MODEL
+    def refuse(name):
+        raise AssertionError(f"{name} in grading.json: not JSON")
+
+    assert json.loads((tmp_path / "rep" / "grading.json").read_text(), parse_constant=refuse)["model_id"] == MODEL
+
+
+def test_reports_are_strict_json_a_level_without_fractures_has_a_null_auc():
+    from latentstore.result import to_json
+
+    levels = {"L5": {"n": 20, "fractured": 0, "auc": float("nan"), "macro_f1": np.float64(0.25), "k": np.int64(3)}}
+    assert json.loads(to_json(levels)) == {"L5": {"n": 20, "fractured": 0, "auc": None, "macro_f1": 0.25, "k": 3}}
