@@ -437,8 +437,9 @@ def fit(store: Store | str | None, model: str | None = None, classifier: str = "
     coef = calibrate(calibration, d, ls.grade)
     # bootstrap over patients: classifier and calibration refitted on each resample
     rng = np.random.default_rng(seed)
-    pats = np.unique(ls.patient)
-    by_patient = {p: np.flatnonzero(ls.patient == p) for p in pats}
+    pats, inverse = np.unique(ls.patient, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # rows grouped by patient, in one sort (not one scan each)
+    by_patient = dict(zip(pats, np.split(order, np.cumsum(np.bincount(inverse, minlength=len(pats)))[:-1])))
     boot_n, boot_b, boot_c = [], [], []
     for _ in range(bootstrap):
         idx = np.concatenate([by_patient[p] for p in rng.choice(pats, size=len(pats), replace=True)])

@@ -62,14 +62,12 @@ def normalise(z: np.ndarray) -> np.ndarray:
 
 def read_latents(st: Store, model_id: str, slice_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(slice ids int64, z_sem float32 (N, 512)) of a model's latents, optionally only `slice_ids`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     ds = st.latents(model_id)
     if not ds.parts():
         raise StoreError(f"no latents of model {model_id} in {st.root}; run `latentstore encode --model {model_id}` first")
-    flt = None if slice_ids is None else pc.field("slice_id").isin(pa.array(np.asarray(slice_ids, np.int64)))
-    t = ds.read(columns=["slice_id", "z_sem"], filter=flt)
+    cols = ["slice_id", "z_sem"]
+    t = ds.read(columns=cols) if slice_ids is None else ds.take("slice_id", np.asarray(slice_ids, np.int64), cols)
     ids = t.column("slice_id").to_numpy().astype(np.int64)
     z = t.column("z_sem").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return ids, z.reshape(len(ids), -1) if len(ids) else z.reshape(0, 512)

@@ -227,6 +227,32 @@ class Dataset:
         """The published rows as one Arrow table (`filter`: a `pyarrow.compute` expression)."""
         return self.arrow().to_table(columns=columns, filter=filter)
 
+    def take(self, key: str, values, columns: list[str]) -> pa.Table:
+        """The published rows whose `key` column is in `values`, with `columns` (which must include `key`).
+
+        Reads the wide columns only of the row groups that hold a wanted row: a group whose key statistics
+        exclude every value is skipped unread, the key column of the others is read to find the rows. A few
+        labelled latents among a million cost a few row groups, where a filtered scan decodes them all.
+        """
+        import numpy as np
+
+        want = np.unique(np.asarray(values))
+        pieces = []
+        for name in self.parts():
+            with self.store.fs.open_input_file(self.part_path(name)) as f:
+                pf = pq.ParquetFile(f)
+                for g in range(pf.metadata.num_row_groups):
+                    st = pf.metadata.row_group(g).column(pf.schema_arrow.get_field_index(key)).statistics
+                    if st is not None and st.has_min_max:
+                        if np.searchsorted(want, st.max, side="right") <= np.searchsorted(want, st.min, side="left"):
+                            continue
+                    keys = pf.read_row_group(g, columns=[key]).column(0).to_numpy()
+                    hit = np.flatnonzero(np.isin(keys, want))
+                    if len(hit):
+                        pieces.append(pf.read_row_group(g, columns=columns).take(pa.array(hit)))
+        schema = pa.schema([self.schema.field(c) for c in columns])
+        return pa.concat_tables([t.cast(schema) for t in pieces]) if pieces else schema.empty_table()
+
     def batches(self, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
         """Stream the published rows as record batches of at most `batch_size` rows (memory stays flat)."""
         yield from self.arrow().to_batches(columns=columns, batch_size=batch_size)
