@@ -10,7 +10,8 @@ the `--labelled` ones, which get labels), then measures:
   cross-validation) and the CLI default (16 bootstrap refits and the grouped 5-fold AUC on top), for
   logistic regression and the linear SVM (targets: <= 1 s and <= 5 s);
 - grade over all latents (read, score, write into the catalog) against only reading them the same way
-  (the same `Dataset.batches` stream into numpy), as a throughput ratio (target >= 0.8).
+  (the same `latent_arrays` stream into numpy), as a throughput ratio (target >= 0.8); best of two
+  passes each.
 """
 
 from __future__ import annotations
@@ -123,8 +124,14 @@ def main(argv=None) -> int:
             res[f"fit_{kind}_train_auc"] = round(s.train_auc, 4)
             print(f"fit {kind}: {core:.2f} s (hyperplane + calibration, cached reference), {full:.2f} s with "
                   f"16 bootstrap refits and the grouped 5-fold AUC; train AUC {s.train_auc:.3f}", flush=True)
+        # Best of two for both sides: on a shared 2-core VM one pass can lose seconds to the page cache.
+        # Each grade follows a refit (a new calibration), so each grades every latent again.
         t_read = min(read_only(st) for _ in range(2))
-        t_grade, g = timed(grade, st, MODEL, progress=False)
+        t_grade, g = None, None
+        for _ in range(2):
+            fit(st, MODEL, cv=False)
+            t, r = timed(grade, st, MODEL, progress=False)
+            t_grade, g = (t, r) if t_grade is None or t < t_grade else (t_grade, g)
         t_again, g2 = timed(grade, st, MODEL, progress=False)
         res.update(read_s=round(t_read, 2), grade_s=round(t_grade, 2), grade_noop_s=round(t_again, 2),
                    graded=g.graded, throughput_ratio=round(t_read / t_grade, 3))
