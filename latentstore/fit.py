@@ -38,6 +38,7 @@ DEFAULT_C = 0.1  # on standardised z_sem; `eval probe` chooses C per fold, and 0
 BOOTSTRAP = 16
 OOD_COMPONENTS = 32
 OOD_QUANTILE = 0.99
+REFERENCE_VERSION = 2  # 2: threshold over 5 folds of patients, components capped at a tenth of the rows
 OOD_REFERENCE_MAX = 20_000  # latents behind the OOD reference (a seeded sample of patients beyond that)
 LABELS_SQL = ("SELECT s.slice_id, s.patient_key, s.level, l.grade, l.fracture, l.source "
               "FROM labels l JOIN slices s ON s.scan_id = l.scan_id AND s.level = l.level")
@@ -258,26 +259,39 @@ def latent_stats(st: Store, model_id: str, seed: int = 0) -> tuple[np.ndarray, n
     return mean.astype(np.float32), std.astype(np.float32), n, np.concatenate(ids_all), np.concatenate(z_keep)
 
 
-def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0) -> tuple:
-    """Probabilistic PCA of standardised reference latents (patients 80/20: the 80 % fit, the 20 % set the
-    threshold at the OOD_QUANTILE of their distances). Returns mean, components, variances, residual, threshold."""
+def _ppca(x: np.ndarray) -> tuple:
+    """Probabilistic PCA of rows `x` (mean, k components, their variances, the isotropic residual): k is
+    OOD_COMPONENTS, fewer on a small reference (at most a tenth of its rows), whose small axes would be noise."""
+    mean = x.mean(0)
+    xc = x - mean
+    k = int(max(1, min(OOD_COMPONENTS, len(x) // 10, x.shape[1] - 1)))
+    evals, evecs = np.linalg.eigh(xc.T.astype(np.float64) @ xc / max(len(x) - 1, 1))  # D x D: cheap at any N
+    var, vt = evals[::-1].clip(0), evecs[:, ::-1].T
+    resid = float(max(var[k:].sum() / max(x.shape[1] - k, 1), 1e-6))
+    probe = Hyperplane.__new__(Hyperplane)
+    probe.ood_mean, probe.ood_components, probe.ood_variances, probe.ood_residual = mean, vt[:k], np.maximum(var[:k], 1e-6), resid
+    return probe
+
+
+def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: int = 5) -> tuple:
+    """Probabilistic-PCA Mahalanobis reference of standardised latents, and its threshold: the OOD_QUANTILE
+    of the distances of each patient's latents under a PPCA fitted without that patient (5 folds of
+    patients), so the threshold is what a new patient's latents look like, measured on every patient (one
+    held-out fifth made it swing from 40 to 137 between two salts of a 20-patient store). The reference
+    itself is fitted on all. Returns mean, components, variances, residual, threshold."""
     uniq = np.unique(patients)
     rng = np.random.default_rng(seed)
-    held = set(rng.choice(uniq, size=max(1, len(uniq) // 5), replace=False)) if len(uniq) >= 5 else set()
-    test = np.array([p in held for p in patients])
-    fit = zs[~test] if (~test).sum() > 2 else zs
-    mean = fit.mean(0)
-    x = fit - mean
-    k = int(min(OOD_COMPONENTS, max(1, len(fit) - 2), zs.shape[1] - 1))
-    evals, evecs = np.linalg.eigh(x.T.astype(np.float64) @ x / max(len(fit) - 1, 1))  # D x D: cheap at any N
-    var, vt = evals[::-1].clip(0), evecs[:, ::-1].T
-    comps, lam = vt[:k], np.maximum(var[:k], 1e-6)
-    rest = var[k:]
-    resid = float(max(rest.sum() / max(zs.shape[1] - k, 1), 1e-6))
-    probe = Hyperplane.__new__(Hyperplane)
-    probe.ood_mean, probe.ood_components, probe.ood_variances, probe.ood_residual = mean, comps, lam, resid
-    d = probe.ood_distance(zs[test] if test.any() else fit)
-    return mean.astype(np.float32), comps.astype(np.float32), lam, resid, float(np.quantile(d, OOD_QUANTILE))
+    fold_of = dict(zip(rng.permutation(uniq), np.arange(len(uniq)) % folds)) if len(uniq) >= folds else {}
+    fold = np.array([fold_of.get(p, -1) for p in patients])
+    held = []
+    for f in range(folds if fold_of else 0):
+        test = fold == f
+        if test.any() and (~test).sum() > 2:
+            held.append(_ppca(zs[~test]).ood_distance(zs[test]))
+    ref = _ppca(zs)
+    d = np.concatenate(held) if held else ref.ood_distance(zs)
+    return (ref.ood_mean.astype(np.float32), ref.ood_components.astype(np.float32), ref.ood_variances,
+            ref.ood_residual, float(np.quantile(d, OOD_QUANTILE)))
 
 
 def reference(st: Store, model_id: str, seed: int = 0) -> dict:
@@ -286,7 +300,8 @@ def reference(st: Store, model_id: str, seed: int = 0) -> dict:
     parts = st.latents(model_id).parts()
     if not parts:
         raise StoreError(f"no latents of model {model_id} in {st.root}; run `latentstore encode` first")
-    digest = hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()
+    # the method's version is part of the key: a reference computed the old way is recomputed, not reused
+    digest = hashlib.sha256("\n".join([f"reference/{REFERENCE_VERSION}", *sorted(parts)]).encode()).hexdigest()
     con = catalog.reader(st)
     try:
         hit = con.sql("SELECT * FROM latent_stats WHERE model_id = ? AND parts_hash = ? LIMIT 1",

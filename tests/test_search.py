@@ -229,3 +229,34 @@ def test_knn_on_hnsw_keeps_to_the_filter_without_trusting_idselector():
     _, inner = faiss.downcast_index(index.index).search(z[:5], 10, params=p)
     # With the bounded queue the selector holds, but a narrow one can leave slots empty (-1, fewer than k).
     assert np.isin(inner[inner >= 0], pos).all()
+
+
+# Vertebral bodies of the real CT (`ct-nifti/example_ct.nii.gz`, 3 mm, RAS), picked from its bone-density
+# profile along the spine (discs are the minima, bodies between them) and checked on the cut slices:
+# L5, L4, L3, L2 (L1 lies at the edge of the scan).
+REAL_CT_BODIES = {"L5": (59, 40, 50), "L4": (59, 39, 62), "L3": (59, 39, 73.5), "L2": (57, 39, 86)}
+
+
+def test_ood_flag_marks_real_ct_vertebrae_graded_by_a_phantom_model(store, real_data):
+    """The default model saw only phantoms: a real CT's vertebrae must be flagged, not silently graded,
+    while the store's own phantom latents are flagged at about the reference's 1 %."""
+    import nibabel as nib
+
+    from latentstore.fit import fit, load_fit
+    from latentstore.grade import score_latents
+    from latentstore.search import _encode_image
+
+    st, archive = store
+    import_labels(st, archive / "ground_truth.csv")
+    fit(st, bootstrap=4, cv=False)
+    from latentstore.index import resolve_model_id
+
+    h, c = load_fit(st, resolve_model_id(st, None))
+    _, z = read_latents(st, h.model_id)
+    assert score_latents(h, c, z)["ood"].mean() < 0.05
+    ct = real_data / "ct-nifti" / "example_ct.nii.gz"
+    affine = nib.load(ct).affine
+    real = np.stack([_encode_image(st, h.model_id, ct, tuple(affine[:3, :3] @ v + affine[:3, 3]))
+                     for v in REAL_CT_BODIES.values()])
+    s = score_latents(h, c, real)
+    assert s["ood"].all(), f"real CT OOD distances {s['ood_distance']} vs threshold {h.ood_threshold}"
