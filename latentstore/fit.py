@@ -12,8 +12,8 @@ signed distance to it calibrated to the Genant scale:
 
 Beyond the paper, stored with the same row: bootstrap refits over the labelled *patients* (each with its
 own calibration), whose spread is the uncertainty of every score, and an out-of-distribution reference (a
-probabilistic-PCA Mahalanobis distance to the model's latents, thresholded at a quantile of patients held
-out of the reference) so that a latent unlike the reference is flagged rather than silently graded.
+probabilistic-PCA Mahalanobis distance to the model's latents, thresholded at a quantile of each patient held
+out of it in 5 folds) so that a latent unlike the reference is flagged rather than silently graded.
 Everything lands in the catalog (`hyperplanes`, `calibrations`) as arrays and JSON, with a version, the
 label query and the label set's hash; nothing is pickled.
 """
