@@ -273,7 +273,8 @@ def _ppca(x: np.ndarray) -> tuple:
     return probe
 
 
-def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: int = 5) -> tuple:
+def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: int = 5,
+                  quantile: float = OOD_QUANTILE) -> tuple:
     """Probabilistic-PCA Mahalanobis reference of standardised latents, and its threshold: the OOD_QUANTILE
     of the distances of each patient's latents under a PPCA fitted without that patient (5 folds of
     patients), so the threshold is what a new patient's latents look like, measured on every patient (one
@@ -291,7 +292,7 @@ def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: in
     ref = _ppca(zs)
     d = np.concatenate(held) if held else ref.ood_distance(zs)
     return (ref.ood_mean.astype(np.float32), ref.ood_components.astype(np.float32), ref.ood_variances,
-            ref.ood_residual, float(np.quantile(d, OOD_QUANTILE)))
+            ref.ood_residual, float(np.quantile(d, quantile)))
 
 
 def reference(st: Store, model_id: str, seed: int = 0) -> dict:
