@@ -530,10 +530,7 @@ def _monotone(coef: np.ndarray, d: np.ndarray) -> bool:
 
 
 def _patients_of(st: Store, slice_ids: np.ndarray) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    t = st.slices.read(columns=["slice_id", "patient_key"], filter=pc.field("slice_id").isin(pa.array(slice_ids)))
+    t = st.slices.take("slice_id", slice_ids, ["slice_id", "patient_key"])
     look = dict(zip(t.column("slice_id").to_pylist(), t.column("patient_key").to_pylist()))
     return np.array([look.get(int(s), f"slice-{s}") for s in slice_ids], dtype=object)
 

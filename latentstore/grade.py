@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from . import catalog
 from .errors import StoreError
 from .fit import Calibration, Hyperplane, fit, load_fit, select_labels, settings, to_grade
+from .index import isin_sorted
 from .progress import Bar
 from .result import Result
 from .store import Store, connect
@@ -123,7 +124,7 @@ def _grade(st: Store, h: Hyperplane, c: Calibration, summary: GradeSummary, prog
         seen = 0
         for ids, z in latent_arrays(ds, done):
             seen += len(ids)
-            new = ~_isin_sorted(ids, done) if z is not None else np.zeros(len(ids), bool)
+            new = ~isin_sorted(ids, done) if z is not None else np.zeros(len(ids), bool)
             summary.already_graded += int((~new).sum())
             if new.any():
                 s = score_latents(h, c, z if new.all() else z[new])
@@ -161,7 +162,7 @@ def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BAT
             with ds.store.fs.open_input_file(ds.part_path(name)) as f:
                 pf = pq.ParquetFile(f)
                 ids = pf.read(columns=["slice_id"]).column("slice_id").to_numpy().astype(np.int64)
-                if done is not None and _isin_sorted(ids, done).all():
+                if done is not None and isin_sorted(ids, done).all():
                     yield ids, None
                     continue
                 for batch in pf.iter_batches(batch_size=batch_size, columns=["slice_id", "z_sem"]):
@@ -175,13 +176,6 @@ def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BAT
         while (item := nxt.result()) is not None:
             nxt = pool.submit(next, it, None)
             yield item
-
-
-def _isin_sorted(ids: np.ndarray, sorted_done: np.ndarray) -> np.ndarray:
-    if not len(sorted_done):
-        return np.zeros(len(ids), bool)
-    pos = np.clip(np.searchsorted(sorted_done, ids), 0, len(sorted_done) - 1)
-    return sorted_done[pos] == ids
 
 
 def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> GradeSummary:

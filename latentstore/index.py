@@ -73,6 +73,14 @@ def read_latents(st: Store, model_id: str, slice_ids: np.ndarray | None = None) 
     return ids, z.reshape(len(ids), -1) if len(ids) else z.reshape(0, 512)
 
 
+def isin_sorted(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """`np.isin(ids, sorted_ids)` for an already sorted `sorted_ids`, without re-sorting it per call."""
+    if not len(sorted_ids):
+        return np.zeros(len(ids), bool)
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return sorted_ids[pos] == ids
+
+
 def resolve_model_id(st: Store, model: str | None) -> str:
     """The model id whose latents to use: `model`, else the default model's id when it has latents, else
     the only model with latents."""

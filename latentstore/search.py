@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .index import load_index, normalise, read_latents, resolve_model_id, to_device
+from .index import isin_sorted, load_index, normalise, read_latents, resolve_model_id, to_device
 from .result import Result
 from .store import Store, connect
 
@@ -179,8 +179,7 @@ def knn(index, q: np.ndarray, k: int, allowed: np.ndarray | None = None, vectors
     fetch = min(n, math.ceil(k / sel * OVERFETCH))
     ids, dist = _ann(index, q, fetch, ef=4 * fetch)
     sorted_allowed = allowed if np.all(allowed[:-1] <= allowed[1:]) else np.sort(allowed)
-    at = np.minimum(np.searchsorted(sorted_allowed, ids), len(sorted_allowed) - 1)
-    keep = sorted_allowed[at] == ids  # membership without re-sorting a large `allowed` per query
+    keep = isin_sorted(ids, sorted_allowed)  # membership without re-sorting a large `allowed` per query
     ids, dist = ids[keep][:k], dist[keep][:k]
     if len(ids) < min(k, len(allowed)):
         ids, dist = _exact(vectors_of(allowed), q, k)

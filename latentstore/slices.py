@@ -34,6 +34,10 @@ def read_slices(
     st = connect(store)
     if not st.slices.parts():
         raise StoreError(f"no slices in {st.root}; run `latentstore ingest ARCHIVE --store {st.root}` first")
+    if slice_ids is not None and scan_id is None:  # only the row groups that hold them (Dataset.take)
+        cols = list(columns or st.slices.schema.names)
+        t = st.slices.take("slice_id", np.asarray(slice_ids, np.int64), cols + ["slice_id"] * ("slice_id" not in cols))
+        return t.select(cols)
     conditions = []
     if slice_ids is not None:
         conditions.append(pc.field("slice_id").isin(pa.array(slice_ids, pa.int64())))

@@ -51,8 +51,9 @@ class Suggestion(Result):
 def suggest(store: Store | str | None, n: int = 20, model: str | None = None,
             picture: bool | str | Path = True) -> Suggestion:
     from .fit import load_fit
-    from .grade import score_latents
-    from .index import resolve_model_id
+    from .grade import latent_arrays, score_latents
+    from .index import isin_sorted, resolve_model_id
+    from .slices import read_slices
     from .sql import query
 
     if n < 1:
@@ -66,15 +67,12 @@ def suggest(store: Store | str | None, n: int = 20, model: str | None = None,
     pool = POOL_FACTOR * n
     keep_ids, keep_z, keep_close = np.empty(0, np.int64), np.empty((0, len(h.z_mean)), np.float32), np.empty(0)
     unlabelled = 0
-    for batch in st.latents(model_id).batches(columns=["slice_id", "z_sem"], batch_size=65536):
-        ids = batch.column("slice_id").to_numpy().astype(np.int64)
-        pos = np.clip(np.searchsorted(labelled, ids), 0, max(len(labelled) - 1, 0))
-        new = ~(labelled[pos] == ids) if len(labelled) else np.ones(len(ids), bool)
+    for ids, z in latent_arrays(st.latents(model_id), labelled):  # parts labelled throughout: ids only
+        new = ~isin_sorted(ids, labelled) if z is not None else np.zeros(len(ids), bool)
         if not new.any():
             continue
         unlabelled += int(new.sum())
-        z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)[new]
-        zs = h.standardise(z)
+        zs = h.standardise(z[new])
         bd = h.boot_distances(zs)
         close = np.abs(h.distance(zs)) / np.maximum(bd.std(axis=1), 1e-6)
         keep_ids = np.concatenate([keep_ids, ids[new]])
@@ -89,13 +87,14 @@ def suggest(store: Store | str | None, n: int = 20, model: str | None = None,
     ids = keep_ids[order]
     z_raw = keep_z[order] * h.z_std + h.z_mean
     s = score_latents(h, c, z_raw)
-    meta = _slice_meta(st, ids)
-    rows = [{"slice_id": int(i), **meta.get(int(i), {"scan_id": "?", "level_name": "?"}),
+    cols = ["slice_id", "scan_id", "level_name"] + (["image"] if picture else [])
+    meta = {r["slice_id"]: r for r in read_slices(st, slice_ids=[int(i) for i in ids], columns=cols).to_pylist()}
+    rows = [{"slice_id": int(i), **{col: meta.get(int(i), {}).get(col, "?") for col in ("scan_id", "level_name")},
              "distance": float(s["distance"][k]), "score": float(s["score"][k]), "score_sd": float(s["score_sd"][k]),
              "closeness": float(keep_close[order][k]), "ood": bool(s["ood"][k])} for k, i in enumerate(ids)]
     result = Suggestion(model_id, h.hyperplane_version, unlabelled, rows)
     if picture:
-        result.picture = str(_picture(st, rows, model_id, None if picture is True else picture))
+        result.picture = str(_picture(st, rows, meta, model_id, None if picture is True else picture))
     return result
 
 
@@ -115,24 +114,14 @@ def _diverse(zs: np.ndarray, close: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked)
 
 
-def _slice_meta(st: Store, ids: np.ndarray) -> dict[int, dict]:
-    from .slices import read_slices
-
-    t = read_slices(st, slice_ids=[int(i) for i in ids], columns=["slice_id", "scan_id", "level_name"])
-    return {r["slice_id"]: {"scan_id": r["scan_id"], "level_name": r["level_name"]} for r in t.to_pylist()}
-
-
-def _picture(st: Store, rows: list[dict], model_id: str, out) -> Path:
+def _picture(st: Store, rows: list[dict], meta: dict, model_id: str, out) -> Path:
     from .pictures import picture_path, render_grid
     from .schema import SLICE_PX
-    from .slices import read_slices
 
-    t = read_slices(st, slice_ids=[r["slice_id"] for r in rows], columns=["slice_id", "image"])
-    img = {r["slice_id"]: np.asarray(r["image"], np.int16).reshape(SLICE_PX, SLICE_PX) for r in t.to_pylist()}
-    have = [r for r in rows if r["slice_id"] in img]
+    have = [r for r in rows if r["slice_id"] in meta]
     path = picture_path(st, f"suggest-{model_id}", out)
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = [f"{r['level_name']} score {r['score']:.1f}±{r['score_sd']:.1f}" for r in have]
-    render_grid(np.stack([img[r["slice_id"]] for r in have]), labels,
-                f"label these next ({model_id})").save(path, format="PNG")
+    images = np.stack([np.asarray(meta[r["slice_id"]]["image"], np.int16).reshape(SLICE_PX, SLICE_PX) for r in have])
+    render_grid(images, labels, f"label these next ({model_id})").save(path, format="PNG")
     return path
