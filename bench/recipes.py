@@ -55,6 +55,14 @@ RECIPES: dict[str, dict] = {
                                   init_from="b7453c91c44929cd"),
     "gpu-stage4-b128-enc0.3": dict(config="cpu48", batch_size=128, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.3,
                                    init_from="b7453c91c44929cd"),
+    # stage 5, for a GPU lease: on from the shipped stage-4 default (2dbd8f4ed28d30ba, probe 0.916), which
+    # wandered 0.900-0.914 at lr 2e-3: a lower rate and longer EMA, a 2x batch, a full-rate encoder
+    "gpu-stage5-b128-lr5e-4": dict(config="cpu48", batch_size=128, lr=5e-4, ema_decay=0.9995, encoder_lr_scale=0.1,
+                                   init_from="2dbd8f4ed28d30ba"),
+    "gpu-stage5-b256-lr1e-3": dict(config="cpu48", batch_size=256, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                                   init_from="2dbd8f4ed28d30ba"),
+    "gpu-stage5-b128-lr3e-4-enc1": dict(config="cpu48", batch_size=128, lr=3e-4, ema_decay=0.999,
+                                        encoder_lr_scale=1.0, init_from="2dbd8f4ed28d30ba"),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
