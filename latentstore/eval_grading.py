@@ -55,33 +55,24 @@ class GradingData:
 
 
 def grading_data(st: Store, model_id: str, labels: str = "TRUE") -> GradingData:
-    """Labelled vertebrae with a grade and a latent of `model_id`, and the train/test split by patient."""
-    from .index import read_latents
+    """Graded vertebrae (G1 included) with a latent of `model_id`, and the train/test split by patient."""
+    from .fit import label_set
     from .slicedata import is_holdout
-    from .sql import query
 
-    if ";" in labels:
-        raise InputError("--labels is one SQL predicate (no ';')")
-    t = query(st, "SELECT s.slice_id, s.patient_key, s.level_name, l.grade, l.split FROM labels l JOIN slices s "
-                  f"ON s.scan_id = l.scan_id AND s.level = l.level WHERE l.grade IS NOT NULL AND ({labels}) "
-                  "ORDER BY s.slice_id")
-    sid = t.column("slice_id").to_numpy().astype(np.int64)
-    sid, first = np.unique(sid, return_index=True)  # a vertebra labelled by two sources counts once
-    col = {n: np.asarray(t.column(n).to_pylist(), dtype=object)[first] for n in ("patient_key", "level_name", "split")}
-    grade = np.asarray(t.column("grade").to_pylist())[first].astype(np.int64)
-    ids, z = read_latents(st, model_id, sid)
-    order = np.argsort(ids)
-    keep = np.isin(sid, ids)
-    if keep.sum() == 0:
-        raise InputError(f"no labelled vertebra has a latent of model {model_id}; run `latentstore encode`")
-    splits = col["split"][keep]
+    ls = label_set(st, model_id, labels, g1=True, extra=("s.level_name", "l.split"))
+    graded = ls.grade >= 0  # fracture-only labels carry no grade to score
+    if not graded.any():
+        raise InputError(f"no graded vertebra with a latent of model {model_id} matches --labels {labels!r}; "
+                         "run `latentstore labels import` / `latentstore encode`")
+    splits = ls.columns["l.split"][graded]
+    patient = ls.patient[graded]
     if all(s in ("train", "val", "test") for s in splits) and "test" in set(splits) and len(set(splits)) > 1:
         test, rule = splits == "test", "the labels' split column (test held out)"
     else:
-        test = np.array([is_holdout(p, TEST_FRACTION) for p in col["patient_key"][keep]])
+        test = np.array([is_holdout(p, TEST_FRACTION) for p in patient])
         rule = f"hash of patient_key ({TEST_FRACTION:.0%} of patients held out)"
-    d = GradingData(sid[keep], col["patient_key"][keep], col["level_name"][keep], grade[keep], test.astype(bool),
-                    z[order], rule)
+    d = GradingData(ls.slice_id[graded], patient, ls.columns["s.level_name"][graded], ls.grade[graded],
+                    test.astype(bool), ls.z[graded], rule)
     for part, mask in (("training", ~d.test), ("test", d.test)):
         g = d.grade[mask]
         if (g == 0).sum() < 2 or (g >= 2).sum() < 2 or (g == 3).sum() < 1:
@@ -103,13 +94,18 @@ def _standardise(st: Store, model_id: str, z: np.ndarray) -> np.ndarray:
     return (z - ref["z_mean"]) / ref["z_std"]
 
 
-def hyperplane_method(Xtr, gtr, Xte, kind: str, calibration: str, c: float = DEFAULT_C) -> tuple[np.ndarray, np.ndarray]:
-    """(test distances, test grades) of the paper's method trained on (Xtr, gtr) (G1 excluded by the caller)."""
+def hyperplane_method(Xtr, gtr, kind: str, calibration: str, c: float = DEFAULT_C):
+    """The paper's method trained on (Xtr, gtr) (G1 excluded by the caller): a function of X giving
+    (distances, grades)."""
     y = (gtr >= 2).astype(int)
     w, b = unit(*fit_classifier(kind, c, Xtr, y))
     coef = calibrate(calibration, Xtr @ w + b, gtr)
-    d = Xte @ w + b
-    return d, to_grade(np.polyval(coef, d))
+
+    def predict(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = X @ w + b
+        return d, to_grade(np.polyval(coef, d))
+
+    return predict
 
 
 def linear_probe(Xtr, gtr, Xte, kind: str, c: float = DEFAULT_C) -> tuple[np.ndarray, np.ndarray]:
@@ -207,18 +203,15 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
 
     for kind in ("logistic", "svm"):
         add(f"probe {kind}", *linear_probe(Xtr, gtr, Xte, kind))
-    main_pred = None
     for kind in ("logistic", "svm"):
         for cal in ("linear", "poly1", "poly3"):
-            dist, pred = hyperplane_method(Xtr, gtr, Xte, kind, cal)
-            add(f"hyperplane {kind} {cal}", dist, pred)
+            predict = hyperplane_method(Xtr, gtr, kind, cal)
+            add(f"hyperplane {kind} {cal}", *predict(Xte))
             if (kind, cal) == ("logistic", "linear"):
-                main_dist = dist
-                main_pred = pred
+                main = predict
+    main_dist, main_pred = main(Xte)
     # the main method over every test vertebra (G1 too) for the confusion matrix and the levels
-    Xall = X[d.test]
-    _, all_pred = hyperplane_method(Xtr, gtr, Xall, "logistic", "linear")
-    conf = confusion_matrix(d.grade[d.test], all_pred, labels=[0, 1, 2, 3]).tolist()
+    conf = confusion_matrix(d.grade[d.test], main(X[d.test])[1], labels=[0, 1, 2, 3]).tolist()
     levels = {}
     for lv in sorted(set(d.level_name[te]), key=lambda name: RANK.get(name, 99)):
         m = d.level_name[te] == lv
@@ -235,11 +228,11 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
     eff = {"dae": {}, "densenet121": {}}
     for n in curve:
         key = "all" if n is None else str(n)
-        f1s = []
-        for seed in range(curve_seeds if n is not None else 1):
+        f1s = [] if n is not None else [rows["hyperplane logistic linear"]["macro_f1"]]
+        for seed in range(curve_seeds if n is not None else 0):
             sub = _subset(gtr, n, np.random.default_rng(seed))
             try:
-                f1s.append(macro_f1_023(gte, hyperplane_method(Xtr[sub], gtr[sub], Xte, "logistic", "linear")[1]))
+                f1s.append(macro_f1_023(gte, hyperplane_method(Xtr[sub], gtr[sub], "logistic", "linear")(Xte)[1]))
             except InputError:
                 continue
         eff["dae"][key] = float(np.mean(f1s)) if f1s else None

@@ -190,20 +190,27 @@ class LabelSet:
     z: np.ndarray  # raw z_sem
     label_hash: str
     missing_latents: int
+    columns: dict = field(default_factory=dict)  # the `extra` columns asked for, one value per row
 
 
-def select_labels(st: Store, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """(slice_id, patient_key, grade (-1 unknown), fracture) of the labelled slices `where` selects, G1 left
-    out, and the set's hash. A slice labelled twice with different grades is an error."""
+def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...] = ()
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, dict]:
+    """(slice_id, patient_key, grade (-1 unknown), fracture, the set's hash, {extra column: values}) of the
+    labelled slices `where` selects, G1 left out unless `g1`. `extra` names more columns of the label (l) and
+    slice (s) views, e.g. `s.level_name`. A slice labelled twice with different labels is an error; with the
+    same labels it counts once."""
     from .sql import query
 
     if ";" in where:
         raise InputError("--labels is one SQL predicate over the label (l) and slice (s) columns (no ';')")
-    t = query(st, f"{LABELS_SQL} WHERE ({where}) AND (l.grade IS NULL OR l.grade <> 1) ORDER BY s.slice_id")
+    cols = "".join(f", {c} AS extra_{i}" for i, c in enumerate(extra))
+    g1_rule = "" if g1 else " AND (l.grade IS NULL OR l.grade <> 1)"
+    t = query(st, f"{LABELS_SQL.replace(' FROM ', cols + ' FROM ', 1)} WHERE ({where}){g1_rule} ORDER BY s.slice_id")
     sid = t.column("slice_id").to_numpy().astype(np.int64)
     grade = np.array([-1 if g is None else g for g in t.column("grade").to_pylist()], dtype=np.int64)
     frac = np.array(t.column("fracture").to_pylist(), dtype=bool)
     patient = np.array(t.column("patient_key").to_pylist(), dtype=object)
+    more = {c: np.array(t.column(f"extra_{i}").to_pylist(), dtype=object) for i, c in enumerate(extra)}
     uniq, first, counts = np.unique(sid, return_index=True, return_counts=True)
     if (counts > 1).any():
         clash = [int(s) for s in uniq[counts > 1] if len(set(grade[sid == s])) > 1 or len(set(frac[sid == s])) > 1]
@@ -211,17 +218,19 @@ def select_labels(st: Store, where: str) -> tuple[np.ndarray, np.ndarray, np.nda
             raise InputError(f"{len(clash)} slice(s) have different labels from different sources (e.g. slice "
                              f"{clash[0]}); select one source, e.g. --labels \"l.source = 'NAME'\"")
         sid, grade, frac, patient = sid[first], grade[first], frac[first], patient[first]
+        more = {c: v[first] for c, v in more.items()}
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(sid, "<i8").tobytes())
     h.update(np.ascontiguousarray(grade, "<i8").tobytes())
     h.update(frac.astype(np.uint8).tobytes())
-    return sid, patient, grade, frac, h.hexdigest()
+    return sid, patient, grade, frac, h.hexdigest(), more
 
 
-def label_set(st: Store, model_id: str, where: str) -> LabelSet:
+def label_set(st: Store, model_id: str, where: str, g1: bool = False, extra: tuple[str, ...] = ()) -> LabelSet:
+    """The selected labelled slices (`select_labels`) that have a latent of `model_id`, with their latents."""
     from .index import read_latents
 
-    sid, patient, grade, frac, digest = select_labels(st, where)
+    sid, patient, grade, frac, digest, more = select_labels(st, where, g1, extra)
     if len(sid) == 0:
         raise InputError(f"no labelled slices match --labels {where!r} (run `latentstore labels import` first?)")
     ids, z = read_latents(st, model_id, sid)
@@ -229,7 +238,8 @@ def label_set(st: Store, model_id: str, where: str) -> LabelSet:
     ids, z = ids[order], z[order]
     keep = np.isin(sid, ids)
     y = np.where(grade >= 0, grade >= 2, frac).astype(np.int64)[keep]
-    return LabelSet(sid[keep], patient[keep], grade[keep], y, z, digest, int((~keep).sum()))
+    return LabelSet(sid[keep], patient[keep], grade[keep], y, z, digest, int((~keep).sum()),
+                    {c: v[keep] for c, v in more.items()})
 
 
 # ---------------------------------------------------------------------------------------- normalisation

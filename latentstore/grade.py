@@ -212,7 +212,7 @@ def regrade(store: Store | str | None, model: str | None = None, progress: bool 
     h, c = load_fit(st, model_id)
 
     def refit_if_needed(summary: GradeSummary) -> None:
-        *_, digest = select_labels(st, h.label_query)
+        digest = select_labels(st, h.label_query)[4]
         if digest != h.label_hash:
             fit(st, **settings(h, c), cv=False)
             summary.refit, summary.refit_reason = True, "labels changed"
