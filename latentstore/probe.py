@@ -28,7 +28,6 @@ e.g. L1) and `grade` (0-3), optionally `height_loss`. Rows are matched to slices
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ import numpy as np
 import torch
 
 from .errors import InputError, StoreError
-from .levels import level_label
 from .result import Report
 from .schema import SLICE_PX
 
@@ -58,31 +56,22 @@ class Label:
 
 
 def load_labels(path: str | Path) -> dict[tuple[str, int], Label]:
-    """(scan, VerSe level) -> Label from a ground_truth.csv or a long CSV (scan, level, grade[, height_loss]).
+    """(scan, VerSe level) -> Label from any label file `latentstore labels import` reads (a synth
+    ground_truth.csv, a long CSV of scan, level, grade[, height_loss], a VerSe table, a grades JSON).
 
-    Raises InputError naming the file and line of the first malformed row.
+    Strict where an import is lenient: the first malformed row, or a row without a grade, is an InputError
+    naming the file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--labels: no file {path}")
+    from .labels import read_labels
+
+    _, rows, rejects = read_labels(path)
+    if rejects:
+        raise InputError(f"{path}: {rejects[0]}")
     out: dict[tuple[str, int], Label] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"scan", "level", "grade"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(f"{path}: missing column(s) {sorted(missing)} (need scan, level, grade)")
-        for line, row in enumerate(reader, start=2):
-            try:
-                lv = row["level"].strip()
-                label = int(lv) if lv.isdigit() else level_label(lv)
-                grade = int(row["grade"])
-                if not 0 <= grade <= 3:
-                    raise ValueError(f"grade {grade} outside 0-3")
-                hl = row.get("height_loss")
-                height = float(hl) if hl not in (None, "") else math.nan
-            except (ValueError, InputError) as e:
-                raise InputError(f"{path}:{line}: {e}") from None
-            out[(row["scan"].strip(), label)] = Label(grade, height)
+    for r in rows:
+        if r.grade is None:
+            raise InputError(f"{path}: line {r.line}: no grade (the probe needs Genant grades)")
+        out[(r.scan, r.level)] = Label(r.grade, math.nan if r.height_loss is None else r.height_loss)
     if not out:
         raise InputError(f"{path}: no label rows")
     return out

@@ -80,18 +80,21 @@ def test_diagnostics_see_a_collapsed_code():
 def test_labels_errors_name_the_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("scan,level,grade\nsub-1,L1,0\nsub-1,L2,7\n")
-    with pytest.raises(InputError, match=r"bad.csv:3: grade 7"):
+    with pytest.raises(InputError, match=r"bad.csv: line 3: grade '7' outside 0-3"):
         load_labels(bad)
     (tmp_path / "cols.csv").write_text("scan,grade\nsub-1,0\n")
-    with pytest.raises(InputError, match="missing column"):
+    with pytest.raises(InputError, match="not a known label format"):
         load_labels(tmp_path / "cols.csv")
     (tmp_path / "lvl.csv").write_text("scan,level,grade\nsub-1,Q9,0\n")
-    with pytest.raises(InputError, match="lvl.csv:2"):
+    with pytest.raises(InputError, match="lvl.csv: line 2"):
         load_labels(tmp_path / "lvl.csv")
     ok = tmp_path / "ok.csv"
     ok.write_text("scan,level,grade,height_loss\nsub-1,20,2,0.3\nsub-1,T12,0,\n")
     labels = load_labels(ok)
     assert labels[("sub-1", 20)].grade == 2 and np.isnan(labels[("sub-1", 19)].height_loss)
+    (tmp_path / "fx.csv").write_text("scan,level,fracture\nsub-1,L1,yes\n")
+    with pytest.raises(InputError, match="fx.csv: line 2: no grade"):
+        load_labels(tmp_path / "fx.csv")
 
 
 def test_cli_eval_probe(store_and_model, tmp_path):
