@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fit import DEFAULT_C, calibrate, fit_classifier, macro_f1_023, to_grade, unit
+from .fit import DEFAULT_C, calibrate, fit_classifier, linear_classifier, macro_f1_023, to_grade, unit
 from .levels import NAMES, ORDER
 from .result import Report, to_json
 from .store import Store, connect
@@ -110,11 +110,7 @@ def hyperplane_method(Xtr, gtr, kind: str, calibration: str, c: float = DEFAULT_
 
 def linear_probe(Xtr, gtr, Xte, kind: str, c: float = DEFAULT_C) -> tuple[np.ndarray, np.ndarray]:
     """(test fracture score, test grades) of a 3-class (G0/G2/G3) linear probe."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
-    clf = (LogisticRegression(C=c, class_weight="balanced", max_iter=5000) if kind == "logistic"
-           else LinearSVC(C=c, class_weight="balanced", dual=False, max_iter=5000)).fit(Xtr, gtr)
+    clf = linear_classifier(kind, c).fit(Xtr, gtr)
     cls = list(clf.classes_)
     if kind == "logistic":
         p = clf.predict_proba(Xte)

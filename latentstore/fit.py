@@ -350,28 +350,42 @@ def _backend() -> str:
         return "scikit-learn"
 
 
+def linear_classifier(kind: str, C: float, backend: str = "scikit-learn"):
+    """The one linear classifier set-up behind fits, probes and eval grading: class weights balanced,
+    logistic regression (L-BFGS) or a primal linear SVM (fast at any C); cuML's on request."""
+    if backend == "cuml":
+        from cuml.linear_model import LogisticRegression
+        from cuml.svm import LinearSVC
+
+        return (LogisticRegression(C=C, class_weight="balanced", max_iter=5000) if kind == "logistic"
+                else LinearSVC(C=C, class_weight="balanced", max_iter=5000))
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    if kind == "logistic":
+        return LogisticRegression(C=C, class_weight="balanced", max_iter=5000)
+    return LinearSVC(C=C, class_weight="balanced", dual=False, max_iter=5000)
+
+
+def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int = 0) -> list:
+    """Patient-grouped, class-stratified k folds: [(train rows, test rows)]."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y, groups))
+
+
 def fit_classifier(kind: str, C: float, X: np.ndarray, y: np.ndarray, backend: str = "scikit-learn",
                    start: tuple[np.ndarray, float] | None = None):
     """(w, b) of a linear classifier on standardised X (class weights balanced). `start`: a nearby solution
     (the full fit, for bootstrap and CV refits): logistic regression then takes Newton steps from it, 3-4
     instead of L-BFGS's ~50 on real latents."""
     if backend == "cuml":
-        from cuml.linear_model import LogisticRegression
-        from cuml.svm import LinearSVC
-
-        clf = (LogisticRegression(C=C, class_weight="balanced", max_iter=5000) if kind == "logistic"
-               else LinearSVC(C=C, class_weight="balanced", max_iter=5000))
-        clf.fit(X.astype(np.float32), y)
+        clf = linear_classifier(kind, C, backend).fit(X.astype(np.float32), y)
         return np.asarray(clf.coef_, np.float64).ravel(), float(np.asarray(clf.intercept_).ravel()[0])
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
+    clf = linear_classifier(kind, C)
     if kind == "logistic" and start is not None:
-        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=100, solver="newton-cholesky", warm_start=True)
+        clf.set_params(max_iter=100, solver="newton-cholesky", warm_start=True)
         clf.coef_, clf.intercept_ = start[0][None].copy(), np.array([start[1]])
-    else:
-        clf = (LogisticRegression(C=C, class_weight="balanced", max_iter=5000) if kind == "logistic"
-               else LinearSVC(C=C, class_weight="balanced", dual=False, max_iter=5000))
     clf.fit(X, y)
     return clf.coef_.ravel().astype(np.float64), float(clf.intercept_[0])
 
@@ -415,12 +429,11 @@ def grouped_cv_auc(kind: str, C: float, X: np.ndarray, y: np.ndarray, groups: np
                    start=None) -> float | None:
     """Out-of-fold AUC, patient-grouped k-fold (None when there are too few patients of either class)."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
 
     if min(len(set(groups[y == 1])), len(set(groups[y == 0]))) < k:
         return None
     s = np.empty(len(y))
-    folds = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(X, y, groups))
+    folds = grouped_folds(y, groups, k)
     for (tr, te), (w, b) in zip(folds, parallel_map(lambda f: fit_classifier(kind, C, X[f[0]], y[f[0]], start=start), folds)):
         s[te] = X[te] @ w + b
     return float(roc_auc_score(y, s))

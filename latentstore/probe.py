@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, StoreError
+from .fit import grouped_folds, linear_classifier
 from .result import Report
 from .schema import SLICE_PX
 
@@ -203,26 +204,11 @@ def z_usage(net, preprocess, images: np.ndarray, n: int = 256, seed: int = 0, de
 # ------------------------------------------------------------------------------------------------- probes
 
 
-def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int):
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y, groups))
-
-
-def _classifier(kind: str, C: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
-    if kind == "logistic":
-        return LogisticRegression(C=C, class_weight="balanced", max_iter=5000)
-    return LinearSVC(C=C, class_weight="balanced", dual=False, max_iter=5000)  # primal: fast at any C
-
-
 def _scores(kind: str, C: float, Xtr, ytr, Xte) -> np.ndarray:
     from sklearn.preprocessing import StandardScaler
 
     sc = StandardScaler().fit(Xtr)
-    clf = _classifier(kind, C).fit(sc.transform(Xtr), ytr)
+    clf = linear_classifier(kind, C).fit(sc.transform(Xtr), ytr)
     return clf.decision_function(sc.transform(Xte))
 
 
@@ -230,7 +216,7 @@ def _choose_c(kind: str, X, y, groups, seed: int) -> float:
     """C with the best pooled out-of-fold AUC in an inner grouped 3-fold split of the training fold."""
     from sklearn.metrics import roc_auc_score
 
-    inner = _folds(y, groups, 3, seed)
+    inner = grouped_folds(y, groups, 3, seed)
     best, best_auc = C_GRID[kind][0], -1.0
     for C in C_GRID[kind]:
         s = np.empty(len(y))
@@ -249,7 +235,7 @@ def detection_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
     aucs, baccs, cs = [], [], []
     for seed in seeds:
         s = np.empty(len(y))
-        for tr, te in _folds(y, groups, k, seed):
+        for tr, te in grouped_folds(y, groups, k, seed):
             C = _choose_c(kind, X[tr], y[tr], groups[tr], seed)
             s[te] = _scores(kind, C, X[tr], y[tr], X[te])
             cs.append(C)
