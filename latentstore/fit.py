@@ -39,7 +39,10 @@ DEFAULT_C = 0.1  # on standardised z_sem; `eval probe` chooses C per fold, and 0
 BOOTSTRAP = 16
 OOD_COMPONENTS = 32
 OOD_QUANTILE = 0.99
-REFERENCE_VERSION = 2  # 2: threshold over 5 folds of patients, components capped at a tenth of the rows
+REFERENCE_VERSION = 3  # 2: threshold over 5 folds of patients, components capped at a tenth of the rows;
+# 3: patients unlike the rest left out of the reference
+OOD_PATIENT_QUANTILE = 0.95  # a patient is unlike the rest when at least OOD_PATIENT_SHARE of its latents lie
+OOD_PATIENT_SHARE = 0.5  # beyond this quantile of the held-out distances
 OOD_REFERENCE_MAX = 20_000  # latents behind the OOD reference (a seeded sample of patients beyond that)
 LABELS_SQL = ("SELECT s.slice_id, s.patient_key, s.level, l.grade, l.fracture, l.source "
               "FROM labels l JOIN slices s ON s.scan_id = l.scan_id AND s.level = l.level")
@@ -284,24 +287,46 @@ def _ppca(x: np.ndarray) -> tuple:
     return probe
 
 
+def _held_out_distances(zs: np.ndarray, patients: np.ndarray, seed: int, folds: int) -> np.ndarray | None:
+    """Each row's OOD distance under a PPCA fitted without its patient (`folds` folds of patients); None when
+    there are fewer patients than folds."""
+    uniq = np.unique(patients)
+    if len(uniq) < folds:
+        return None
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(uniq), np.arange(len(uniq)) % folds))
+    fold = np.array([fold_of[p] for p in patients])
+    d = np.empty(len(zs))
+    for f in range(folds):
+        test = fold == f
+        d[test] = _ppca(zs[~test]).ood_distance(zs[test])
+    return d
+
+
 def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: int = 5,
                   quantile: float = OOD_QUANTILE) -> tuple:
     """Probabilistic-PCA Mahalanobis reference of standardised latents, and its threshold: the OOD_QUANTILE
     of the distances of each patient's latents under a PPCA fitted without that patient (5 folds of
     patients), so the threshold is what a new patient's latents look like, measured on every patient (one
-    held-out fifth made it swing from 40 to 137 between two salts of a 20-patient store). The reference
-    itself is fitted on all. Returns mean, components, variances, residual, threshold."""
-    uniq = np.unique(patients)
-    rng = np.random.default_rng(seed)
-    fold_of = dict(zip(rng.permutation(uniq), np.arange(len(uniq)) % folds)) if len(uniq) >= folds else {}
-    fold = np.array([fold_of.get(p, -1) for p in patients])
-    held = []
-    for f in range(folds if fold_of else 0):
-        test = fold == f
-        if test.any() and (~test).sum() > 2:
-            held.append(_ppca(zs[~test]).ood_distance(zs[test]))
+    held-out fifth made it swing from 40 to 137 between two salts of a 20-patient store).
+
+    Patients unlike the rest are left out of the reference: those with at least OOD_PATIENT_SHARE of their
+    latents beyond the held-out OOD_PATIENT_QUANTILE. Otherwise a real CT ingested into a store of phantoms
+    becomes part of what "in distribution" means: on a 20-patient store its 4 vertebrae took a principal axis
+    of the PPCA and fell from distances of 66-72 to 28-35, unflagged. The reference is then fitted on the
+    remaining patients and the threshold measured on them. Returns mean, components, variances, residual,
+    threshold."""
+    d = _held_out_distances(zs, patients, seed, folds)
+    if d is not None:
+        uniq, inverse = np.unique(patients, return_inverse=True)
+        share = np.bincount(inverse, d > np.quantile(d, OOD_PATIENT_QUANTILE)) / np.bincount(inverse)
+        unlike = share >= OOD_PATIENT_SHARE
+        if unlike.any() and (~unlike).sum() >= max(folds, len(uniq) // 2):
+            keep = ~unlike[inverse]
+            zs, patients = zs[keep], patients[keep]
+            d = _held_out_distances(zs, patients, seed, folds)
     ref = _ppca(zs)
-    d = np.concatenate(held) if held else ref.ood_distance(zs)
+    d = ref.ood_distance(zs) if d is None else d
     return (ref.ood_mean.astype(np.float32), ref.ood_components.astype(np.float32), ref.ood_variances,
             ref.ood_residual, float(np.quantile(d, quantile)))
 

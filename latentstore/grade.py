@@ -32,6 +32,8 @@ from .store import Store, connect
 
 GRADE_CHUNK = 262_144  # rows per catalog transaction
 READ_BATCH = 65_536
+OOD_SCAN_SHARE = 0.5  # a scan is out of distribution when at least this share of its graded vertebrae are
+OOD_SCANS_LISTED = 20
 
 
 @dataclass
@@ -48,6 +50,8 @@ class GradeSummary(Result):
     graded: int = 0
     ood: int = 0
     by_grade: dict = field(default_factory=dict)
+    ood_scans: int = 0  # scans with at least OOD_SCAN_SHARE of their current grades flagged
+    ood_scan_ids: list = field(default_factory=list)  # the first OOD_SCANS_LISTED of them, most flagged first
     status: str = "running"
     seconds: float = 0.0
     latents_per_s: float = 0.0
@@ -55,10 +59,15 @@ class GradeSummary(Result):
     def __rich__(self):
         refit = f"refitted ({self.refit_reason}) -> " if self.refit else ""
         grades = ", ".join(f"G{g} {n}" for g, n in sorted(self.by_grade.items()))
-        return (f"{self.stage}: model {self.model_id}, {refit}hyperplane v{self.hyperplane_version}, calibration "
+        text = (f"{self.stage}: model {self.model_id}, {refit}hyperplane v{self.hyperplane_version}, calibration "
                 f"v{self.calibration_version}: {self.graded} latents graded ({grades or 'none'}; {self.ood} flagged "
                 f"out of distribution), {self.already_graded} already graded, {self.seconds:.1f} s "
                 f"({self.latents_per_s:.0f} latents/s); run {self.run_id}")
+        if self.ood_scans:
+            listed = ", ".join(self.ood_scan_ids[:5]) + (", ..." if self.ood_scans > 5 else "")
+            text += (f"\n{self.ood_scans} scan(s) unlike the model's latents (half or more of their vertebrae out "
+                     f"of distribution: check them before trusting their grades): {listed}")
+        return text
 
 
 def score_latents(h: Hyperplane, c: Calibration, z: np.ndarray) -> dict[str, np.ndarray]:
@@ -148,6 +157,20 @@ def _add_graded(summary: GradeSummary, n: int) -> None:
     summary.graded += n
 
 
+def ood_scans(st: Store, model_id: str) -> list[dict]:
+    """Scans whose current grades under `model_id` are at least OOD_SCAN_SHARE out of distribution, most
+    flagged first: one real CT among phantoms, a scan of another body part, a broken reconstruction. A few
+    flagged vertebrae in a scan are ordinary (the per-slice threshold is a 99th percentile); half is not."""
+    from .sql import query
+
+    quoted = model_id.replace("'", "''")
+    t = query(st, "SELECT s.scan_id, count(*) AS vertebrae, sum(g.ood::INT) AS flagged, max(g.grade) AS worst_grade "
+                  "FROM current_grades g JOIN slices s USING (slice_id) "
+                  f"WHERE g.model_id = '{quoted}' GROUP BY s.scan_id "
+                  f"HAVING avg(g.ood::INT) >= {OOD_SCAN_SHARE} ORDER BY flagged DESC, s.scan_id")
+    return t.to_pylist()
+
+
 def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BATCH):
     """(slice ids int64, z_sem float32 (n, D) or None) per batch of a latents dataset, part file by part file.
 
@@ -190,6 +213,10 @@ def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> G
             h, c = load_fit(st, model_id)
             summary.hyperplane_version, summary.calibration_version = h.hyperplane_version, c.calibration_version
             _grade(st, h, c, summary, progress)
+            if summary.graded:
+                flagged = ood_scans(st, model_id)
+                summary.ood_scans = len(flagged)
+                summary.ood_scan_ids = [r["scan_id"] for r in flagged[:OOD_SCANS_LISTED]]
     return summary
 
 

@@ -266,3 +266,46 @@ def test_ood_flag_marks_real_ct_vertebrae_graded_by_a_phantom_model(store, real_
     p95 = ood_reference((ref - mean) / std, _patients_of(st, ids), quantile=0.95)[-1]
     detail = f"real CT OOD distances {s['ood_distance']}, 95th percentile {p95:.1f}, threshold {h.ood_threshold:.1f}"
     assert (s["ood_distance"] > p95).all() and s["ood"].sum() >= len(real) // 2, detail
+
+
+def test_grade_reports_a_real_ct_scan_as_out_of_distribution(store, real_data, tmp_path):
+    """Scan level: a real CT ingested into a store of phantoms, encoded and graded, is named in the grade
+    summary as a scan unlike the model's latents (half or more of its vertebrae flagged), not silently graded.
+    Its vertebrae must not become part of the reference they are judged against (`fit.ood_reference` leaves
+    such patients out). Of the phantom scans only those with metal implants may be named with it."""
+    import csv
+    import shutil
+
+    from latentstore.encode import encode
+    from latentstore.fit import fit
+    from latentstore.grade import grade, ood_scans
+    from latentstore.ingest.privacy import known_sites, pseudonym
+    from latentstore.ingest.run import ingest
+    from latentstore.verse import Centroids, write_centroids
+
+    st0, archive = store
+    st = latentstore.connect(shutil.copytree(st0.root, tmp_path / "store"))
+    real = tmp_path / "real"
+    (real / "rawdata" / "sub-realct").mkdir(parents=True)
+    (real / "derivatives" / "sub-realct").mkdir(parents=True)
+    (real / "rawdata" / "sub-realct" / "sub-realct_ct.nii.gz").symlink_to(real_data / "ct-nifti" / "example_ct.nii.gz")
+    labels = {"L5": 24, "L4": 23, "L3": 22, "L2": 21}
+    write_centroids(real / "derivatives" / "sub-realct" / "sub-realct_seg-subreg_ctd.json",
+                    Centroids(("R", "A", "S"), {labels[k]: v for k, v in REAL_CT_BODIES.items()}))
+    before = set(st.slices.read(columns=["scan_id"]).column("scan_id").to_pylist())
+    ingest(st, real, progress=False)
+    real_scans = set(st.slices.read(columns=["scan_id"]).column("scan_id").to_pylist()) - before
+    assert len(real_scans) == 1
+    encode(st, progress=False)
+    import_labels(st, archive / "ground_truth.csv")
+    fit(st, bootstrap=4, cv=False)
+    summary = grade(st, progress=False)
+    flagged = set(summary.ood_scan_ids)
+    assert real_scans <= flagged, ood_scans(st, summary.model_id)
+    # a phantom scan may be flagged too, but only one with metal implants (streak artefacts)
+    salt, sites = st.existing_salt(), known_sites(st)
+    with open(archive / "scans.csv") as f:
+        implants = {pseudonym("scan", r["scan"], salt, site) for r in csv.DictReader(f) if r["implant"] != "none"
+                    for site in sites}
+    assert flagged - real_scans <= implants, ood_scans(st, summary.model_id)
+    assert "unlike the model's latents" in str(summary.__rich__())
