@@ -104,7 +104,7 @@ def bench_index(z: np.ndarray, label: str, n_queries: int, rows: list) -> None:
     if factory != "IDMap2,Flat":
         before = rss_mb()
         t0 = time.perf_counter()
-        index = ix._new_index(factory, z.shape[1])
+        index = ix._new_index(factory, z)
         index.add_with_ids(z, ids)
         ef, _ = ix._tune_ef(index, z, ids)
         build = time.perf_counter() - t0

@@ -3,8 +3,11 @@
 Vectors are L2-normalised `z_sem`, searched by inner product, so scores are cosine similarities (the
 distance shown is 1 - cosine). The index kind is chosen by count: exact (`IDMap2,Flat`) up to
 `EXACT_MAX` vectors, where one exact query still takes about as long as an HNSW query (measured by
-`bench/search.py`), HNSW above it (`IDMap2,HNSW32,Flat`, efSearch tuned on build to the smallest of
-16..512 that reaches recall@10 >= `TARGET_RECALL` against exact search on a sample).
+`bench/search.py`), HNSW above it: `IDMap2,HNSW32,SQ8,RFlat`, a graph over 8-bit codes (a quarter of the
+memory traffic per distance) whose `REFINE_K` x k candidates are re-ranked exactly on the float vectors,
+built with efConstruction `EF_CONSTRUCTION` (the graph's quality, not efSearch, decided recall at 1e6:
+efConstruction 80 needed efSearch 512 for 0.95, 256 reaches 0.99 at efSearch 64), and efSearch tuned on
+build to the smallest of 16..512 that reaches recall@10 >= `TARGET_RECALL` against exact search on a sample.
 
 A rerun adds only latents the index lacks; HNSW cannot remove, so an index that holds ids no longer
 among the latents (latents replaced), or one whose kind the count has outgrown, is rebuilt. The index
@@ -29,7 +32,9 @@ from .store import Store, connect
 
 EXACT_MAX = 15_000  # vectors: one exact query (1 thread) costs ~0.14 us per vector here, so 2 ms at ~15k (bench/search.py)
 HNSW_M = 32
-EF_CONSTRUCTION = 80
+EF_CONSTRUCTION = 256
+REFINE_K = 4  # candidates re-ranked exactly per result
+SQ_TRAIN_MAX = 100_000  # vectors the 8-bit quantiser's per-dimension ranges are trained on
 TARGET_RECALL = 0.95
 RECALL_SAMPLE = 200
 EF_CHOICES = (16, 32, 64, 128, 256, 512)
@@ -97,24 +102,38 @@ def resolve_model_id(st: Store, model: str | None) -> str:
 
 
 def factory_for(n: int) -> str:
-    return "IDMap2,Flat" if n <= EXACT_MAX else f"IDMap2,HNSW{HNSW_M},Flat"
+    return "IDMap2,Flat" if n <= EXACT_MAX else f"IDMap2,HNSW{HNSW_M},SQ8,RFlat"
 
 
-def _new_index(factory: str, dim: int):
+def hnsw_of(index):
+    """The HNSW index inside an `IDMap2[,RFlat]` wrapper, or None for an exact index."""
     import faiss
 
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if "HNSW" in factory:
-        faiss.downcast_index(index.index).hnsw.efConstruction = EF_CONSTRUCTION
+    inner = faiss.downcast_index(index.index)
+    if hasattr(inner, "base_index"):  # IndexRefineFlat
+        inner = faiss.downcast_index(inner.base_index)
+    return inner if hasattr(inner, "hnsw") else None
+
+
+def _new_index(factory: str, z: np.ndarray):
+    """An empty index of `factory`, trained on (a sample of) `z` where it needs training."""
+    import faiss
+
+    index = faiss.index_factory(z.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if (h := hnsw_of(index)) is not None:
+        h.hnsw.efConstruction = EF_CONSTRUCTION
+        refine = faiss.downcast_index(index.index)
+        if hasattr(refine, "k_factor"):
+            refine.k_factor = REFINE_K
+    if not index.is_trained:
+        pick = np.random.default_rng(0).choice(len(z), min(len(z), SQ_TRAIN_MAX), replace=False)
+        index.train(z[np.sort(pick)])
     return index
 
 
 def set_ef(index, ef: int) -> None:
-    import faiss
-
-    inner = faiss.downcast_index(index.index)
-    if hasattr(inner, "hnsw"):
-        inner.hnsw.efSearch = int(ef)
+    if (h := hnsw_of(index)) is not None:
+        h.hnsw.efSearch = int(ef)
 
 
 def recall_at_10(index, z: np.ndarray, rng: np.random.Generator, n: int = RECALL_SAMPLE, ids=None) -> float:
@@ -190,14 +209,14 @@ def build_index(store: Store | str | None, model: str | None = None, rebuild: bo
             if added:
                 index.add_with_ids(z[new], ids[new])
     if rebuilt:
-        index = _new_index(factory, z.shape[1])
+        index = _new_index(factory, z)
         index.add_with_ids(z, ids)
         added = len(ids)
     params = {"metric": "inner product on L2-normalised z_sem (cosine)", "exact_max": EXACT_MAX}
     recall = None
     if "HNSW" in factory:
         ef, recall = _tune_ef(index, z, ids)
-        params.update(M=HNSW_M, efConstruction=EF_CONSTRUCTION, efSearch=ef)
+        params.update(M=HNSW_M, efConstruction=EF_CONSTRUCTION, efSearch=ef, codes="SQ8", refine_k=REFINE_K)
     if rebuilt or added:
         _write_atomic(st, model_id, index, {
             "model_id": model_id, "factory": factory, "count": int(index.ntotal), "params": params,

@@ -189,9 +189,9 @@ def knn(index, q: np.ndarray, k: int, allowed: np.ndarray | None = None, vectors
 
 def _ann(index, q: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Index search; `ef` raises an HNSW's efSearch for this query (a filtered search reads deeper lists)."""
-    import faiss
+    from .index import hnsw_of
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else None
+    inner = hnsw_of(index) if hasattr(index, "index") else None
     hnsw = getattr(inner, "hnsw", None)
     old = hnsw.efSearch if hnsw is not None else None
     if hnsw is not None and ef and ef > old:

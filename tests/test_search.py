@@ -117,6 +117,36 @@ def test_index_is_exact_here_and_an_added_batch_equals_a_rebuild(store, tmp_path
     assert np.array_equal(qa, qb)
 
 
+def test_index_above_the_exact_size_is_hnsw_on_8bit_codes_with_exact_rerank(store, tmp_path, monkeypatch):
+    """Above EXACT_MAX (lowered here) the index is `IDMap2,HNSW32,SQ8,RFlat`: trained, tuned, written with
+    its parameters, searched through `search` with the query first; a later added batch is taken in."""
+    import shutil
+
+    import latentstore.index as ix
+    from latentstore.search import search
+
+    st = latentstore.connect(shutil.copytree(store[0].root, tmp_path / "store"))
+    monkeypatch.setattr(ix, "EXACT_MAX", 50)
+    built = build_index(st, rebuild=True)
+    assert built.factory == "IDMap2,HNSW32,SQ8,RFlat" and built.rebuilt
+    assert built.params["refine_k"] == ix.REFINE_K and built.params["efConstruction"] == ix.EF_CONSTRUCTION
+    assert built.recall_at_10 >= ix.TARGET_RECALL
+    index, meta = load_index(st, built.model_id)
+    assert ix.hnsw_of(index).hnsw.efSearch == meta["params"]["efSearch"]
+    import faiss
+
+    assert faiss.downcast_index(index.index).k_factor == ix.REFINE_K
+    sid = int(read_latents(st, built.model_id)[0][3])
+    assert search(st, sid, k=5).rows[0]["slice_id"] == sid
+    ids, z = read_latents(st, built.model_id)  # an index without the last 10, as if encoded after the build
+    z = ix.normalise(z)
+    partial = ix._new_index(built.factory, z[:-10])
+    partial.add_with_ids(z[:-10], ids[:-10])
+    faiss.write_index(partial, st.index_path(built.model_id))
+    updated = build_index(st)
+    assert (updated.added, updated.rebuilt, updated.count) == (10, False, built.count)
+
+
 def test_search_returns_the_query_first_and_fractures_near_fractures(store):
     st, archive = store
     import_labels(st, archive / "ground_truth.csv", source="truth")
@@ -210,14 +240,16 @@ def test_knn_on_hnsw_keeps_to_the_filter_without_trusting_idselector():
     1.5 % of results inside a 1 % selector without it). `knn` filters its own results instead."""
     import faiss
 
-    from latentstore.index import _new_index
+    from latentstore.index import _new_index, factory_for, hnsw_of
     from latentstore.search import knn
 
     rng = np.random.default_rng(0)
     z = rng.standard_normal((4000, 64)).astype(np.float32)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     ids = np.arange(4000, dtype=np.int64) * 3 + 1
-    index = _new_index("IDMap2,HNSW32,Flat", 64)
+    factory = factory_for(10**6)
+    assert "HNSW" in factory
+    index = _new_index(factory, z)
     index.add_with_ids(z, ids)
     for share in (0.5, 0.02):
         allowed = np.sort(rng.choice(ids, int(4000 * share), replace=False))
@@ -226,7 +258,7 @@ def test_knn_on_hnsw_keeps_to_the_filter_without_trusting_idselector():
         assert len(got) == 10 and np.isin(got, allowed).all()
     p = faiss.SearchParametersHNSW()
     p.sel, p.bounded_queue = faiss.IDSelectorBatch(pos), True
-    _, inner = faiss.downcast_index(index.index).search(z[:5], 10, params=p)
+    _, inner = hnsw_of(index).search(z[:5], 10, params=p)
     # With the bounded queue the selector holds, but a narrow one can leave slots empty (-1, fewer than k).
     assert np.isin(inner[inner >= 0], pos).all()
 
