@@ -32,6 +32,7 @@ from .store import Store, connect
 
 GRADE_CHUNK = 262_144  # rows per catalog transaction
 READ_BATCH = 65_536
+READ_AHEAD = 3  # batches decoded ahead of the scorer (~130 MB each at 512-d)
 OOD_SCAN_SHARE = 0.5  # a scan is out of distribution when at least this share of its graded vertebrae are
 OOD_SCANS_LISTED = 20
 
@@ -97,6 +98,7 @@ def _write(st: Store, rows: list[pa.Table], h: Hyperplane, c: Calibration, run_i
     """One transaction: the scored rows, with the versions, run and time as constants of the INSERT."""
     table = pa.concat_tables(rows)
     with catalog.writer(st) as con:
+        con.execute("SET threads TO 1")  # the insert shares the cores with the decoder and the scorer
         con.register("new_grades", table)
         con.execute(f"INSERT INTO grades SELECT slice_id, ?, ?, ?, {', '.join(SCORED)}, ?, ? FROM new_grades",
                     [h.model_id, h.hyperplane_version, c.calibration_version, run_id, catalog.utcnow()])
@@ -171,14 +173,16 @@ def ood_scans(st: Store, model_id: str) -> list[dict]:
     return t.to_pylist()
 
 
-def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BATCH):
+def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BATCH, ahead: int = READ_AHEAD):
     """(slice ids int64, z_sem float32 (n, D) or None) per batch of a latents dataset, part file by part file.
 
     `done`: sorted ids to skip. A part's ids are read first (8 bytes a latent); a part whose latents are all
     in `done` yields (ids, None) and its z_sem is never read, so a regrade with nothing new costs a scan of
-    the ids only. The next batch is read and decoded in a thread while the caller works on this one
-    (Parquet decoding and numpy both release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
+    the ids only. A reader thread decodes up to `ahead` batches ahead of the caller (Parquet decoding and
+    numpy release the GIL), so the decoder, the slowest stage, does not wait while the caller scores or
+    waits on a write."""
+    import queue
+    import threading
 
     def batches():
         for name in ds.parts():
@@ -188,17 +192,41 @@ def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BAT
                 if done is not None and isin_sorted(ids, done).all():
                     yield ids, None
                     continue
-                for batch in pf.iter_batches(batch_size=batch_size, columns=["slice_id", "z_sem"]):
-                    bids = batch.column("slice_id").to_numpy().astype(np.int64)
-                    z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(len(bids), -1)
-                    yield bids, z
+                start = 0
+                for batch in pf.iter_batches(batch_size=batch_size, columns=["z_sem"]):
+                    z = batch.column("z_sem").flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+                    yield ids[start : start + len(z)], z
+                    start += len(z)
 
-    it = batches()
-    with ThreadPoolExecutor(1) as pool:
-        nxt = pool.submit(next, it, None)
-        while (item := nxt.result()) is not None:
-            nxt = pool.submit(next, it, None)
+    out: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in batches():
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            out.put(e)
+
+    reader = threading.Thread(target=produce, name="latent-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := out.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
             yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> GradeSummary:

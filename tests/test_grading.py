@@ -286,3 +286,27 @@ def test_reports_are_strict_json_a_level_without_fractures_has_a_null_auc():
 
     levels = {"L5": {"n": 20, "fractured": 0, "auc": float("nan"), "macro_f1": np.float64(0.25), "k": np.int64(3)}}
     assert json.loads(to_json(levels)) == {"L5": {"n": 20, "fractured": 0, "auc": None, "macro_f1": 0.25, "k": 3}}
+
+
+def test_latent_arrays_reads_ahead_in_order_and_stops_when_left(tmp_path):
+    """The read-ahead stream yields every latent once, aligned with its id, in part order; skips parts
+    that are all `done` without reading z_sem; and its reader thread ends when the caller stops early."""
+    import threading
+
+    from latentstore.grade import latent_arrays
+    from latentstore.index import read_latents
+
+    store = planted_store(tmp_path / "store")[0]
+    ids, z = read_latents(store, MODEL)
+    got = list(latent_arrays(store.latents(MODEL), batch_size=7, ahead=1))
+    gid = np.concatenate([i for i, _ in got])
+    gz = np.concatenate([b for _, b in got])
+    order, ref = np.argsort(gid), np.argsort(ids)
+    assert len(gid) == len(ids) and np.array_equal(gid[order], ids[ref]) and np.array_equal(gz[order], z[ref])
+    skipped = list(latent_arrays(store.latents(MODEL), done=np.sort(ids)))
+    assert all(b is None for _, b in skipped) and sum(len(i) for i, _ in skipped) == len(ids)
+    before = threading.active_count()
+    stream = latent_arrays(store.latents(MODEL), batch_size=3, ahead=2)
+    next(stream)
+    stream.close()
+    assert threading.active_count() <= before
