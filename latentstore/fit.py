@@ -41,9 +41,10 @@ OOD_COMPONENTS = 32
 OOD_QUANTILE = 0.99
 REFERENCE_VERSION = 3  # 2: threshold over 5 folds of patients, components capped at a tenth of the rows;
 # 3: patients unlike the rest left out of the reference
-OOD_PATIENT_QUANTILE = 0.95  # a patient is unlike the rest when at least OOD_PATIENT_SHARE of its latents lie
-OOD_PATIENT_SHARE = 0.5  # beyond this quantile of the held-out distances
-OOD_REFERENCE_MAX = 20_000  # latents behind the OOD reference (a seeded sample of patients beyond that)
+OOD_PATIENT_QUANTILE = 0.95  # a patient is unlike the rest when more than OOD_PATIENT_SHARE of its latents lie
+OOD_PATIENT_SHARE = 0.5  # beyond this quantile of the held-out distances (inliers: 3 of 4 by chance ~0.05 %)
+OOD_PATIENT_MIN_ROWS = 3
+OOD_REFERENCE_MAX = 20_000  # latents behind the OOD reference (a seeded sample of latents beyond that)
 LABELS_SQL = ("SELECT s.slice_id, s.patient_key, s.level, l.grade, l.fracture, l.source "
               "FROM labels l JOIN slices s ON s.scan_id = l.scan_id AND s.level = l.level")
 
@@ -215,9 +216,10 @@ def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...
     patient = np.array(t.column("patient_key").to_pylist(), dtype=object)
     more = {c: np.array(t.column(f"extra_{i}").to_pylist(), dtype=object) for i, c in enumerate(extra)}
     uniq, first, counts = np.unique(sid, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        clash = [int(s) for s in uniq[counts > 1] if len(set(grade[sid == s])) > 1 or len(set(frac[sid == s])) > 1]
-        if clash:
+    if (counts > 1).any():  # rows come sorted by slice id: a slice's labels are neighbours
+        differ = (sid[1:] == sid[:-1]) & ((grade[1:] != grade[:-1]) | (frac[1:] != frac[:-1]))
+        clash = np.unique(sid[1:][differ])
+        if len(clash):
             raise InputError(f"{len(clash)} slice(s) have different labels from different sources (e.g. slice "
                              f"{clash[0]}); select one source, e.g. --labels \"l.source = 'NAME'\"")
         sid, grade, frac, patient = sid[first], grade[first], frac[first], patient[first]
@@ -310,8 +312,8 @@ def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: in
     patients), so the threshold is what a new patient's latents look like, measured on every patient (one
     held-out fifth made it swing from 40 to 137 between two salts of a 20-patient store).
 
-    Patients unlike the rest are left out of the reference: those with at least OOD_PATIENT_SHARE of their
-    latents beyond the held-out OOD_PATIENT_QUANTILE. Otherwise a real CT ingested into a store of phantoms
+    Patients unlike the rest are left out of the reference: those with more than OOD_PATIENT_SHARE of their
+    (at least OOD_PATIENT_MIN_ROWS) latents beyond the held-out OOD_PATIENT_QUANTILE. Otherwise a real CT ingested into a store of phantoms
     becomes part of what "in distribution" means: on a 20-patient store its 4 vertebrae took a principal axis
     of the PPCA and fell from distances of 66-72 to 28-35, unflagged. The reference is then fitted on the
     remaining patients and the threshold measured on them. Returns mean, components, variances, residual,
@@ -319,8 +321,11 @@ def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: in
     d = _held_out_distances(zs, patients, seed, folds)
     if d is not None:
         uniq, inverse = np.unique(patients, return_inverse=True)
-        share = np.bincount(inverse, d > np.quantile(d, OOD_PATIENT_QUANTILE)) / np.bincount(inverse)
-        unlike = share >= OOD_PATIENT_SHARE
+        rows = np.bincount(inverse)
+        share = np.bincount(inverse, d > np.quantile(d, OOD_PATIENT_QUANTILE)) / rows
+        # judged only with OOD_PATIENT_MIN_ROWS rows in the reference: on a big store the reference is a
+        # sample of rows, where one unlucky row would make a patient "unlike" (and one patient sways nothing)
+        unlike = (share > OOD_PATIENT_SHARE) & (rows >= OOD_PATIENT_MIN_ROWS)
         if unlike.any() and (~unlike).sum() >= max(folds, len(uniq) // 2):
             keep = ~unlike[inverse]
             zs, patients = zs[keep], patients[keep]

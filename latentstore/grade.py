@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import catalog
-from .errors import StoreError
+from .errors import InputError, StoreError
 from .fit import Calibration, Hyperplane, fit, load_fit, select_labels, settings, to_grade
 from .index import isin_sorted
 from .progress import Bar
@@ -32,7 +32,8 @@ from .store import Store, connect
 
 GRADE_CHUNK = 262_144  # rows per catalog transaction
 READ_BATCH = 65_536
-READ_AHEAD = 3  # batches decoded ahead of the scorer (~130 MB each at 512-d)
+READ_AHEAD = 3  # batches queued ahead of the scorer (~130 MB each at 512-d: with the one being decoded and
+# the caller's, up to ~670 MB in flight)
 OOD_SCAN_SHARE = 0.5  # a scan is out of distribution when at least this share of its graded vertebrae are
 OOD_SCANS_LISTED = 20
 
@@ -53,6 +54,7 @@ class GradeSummary(Result):
     by_grade: dict = field(default_factory=dict)
     ood_scans: int = 0  # scans with at least OOD_SCAN_SHARE of their current grades flagged
     ood_scan_ids: list = field(default_factory=list)  # the first OOD_SCANS_LISTED of them, most flagged first
+    ood_scans_note: str = ""  # why they could not be listed (the grades stand)
     status: str = "running"
     seconds: float = 0.0
     latents_per_s: float = 0.0
@@ -68,6 +70,8 @@ class GradeSummary(Result):
             listed = ", ".join(self.ood_scan_ids[:5]) + (", ..." if self.ood_scans > 5 else "")
             text += (f"\n{self.ood_scans} scan(s) unlike the model's latents (half or more of their vertebrae out "
                      f"of distribution: check them before trusting their grades): {listed}")
+        if self.ood_scans_note:
+            text += f"\n{self.ood_scans_note}"
         return text
 
 
@@ -202,20 +206,24 @@ def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BAT
     stop = threading.Event()
     end = object()
 
+    def put(item) -> bool:
+        """Queue `item` unless the caller has left (then False): no put may block a reader nobody reads."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in batches():
-                while not stop.is_set():
-                    try:
-                        out.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            out.put(end)
+            put(end)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            out.put(e)
+            put(e)
 
     reader = threading.Thread(target=produce, name="latent-reader", daemon=True)
     reader.start()
@@ -242,9 +250,13 @@ def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> G
             summary.hyperplane_version, summary.calibration_version = h.hyperplane_version, c.calibration_version
             _grade(st, h, c, summary, progress)
             if summary.graded:
-                flagged = ood_scans(st, model_id)
-                summary.ood_scans = len(flagged)
-                summary.ood_scan_ids = [r["scan_id"] for r in flagged[:OOD_SCANS_LISTED]]
+                try:
+                    flagged = ood_scans(st, model_id)
+                except (InputError, StoreError) as e:  # the grades are committed: report, do not fail the run
+                    summary.ood_scans_note = f"scans out of distribution not listed: {e}"
+                else:
+                    summary.ood_scans = len(flagged)
+                    summary.ood_scan_ids = [r["scan_id"] for r in flagged[:OOD_SCANS_LISTED]]
     return summary
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import time
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -310,3 +312,11 @@ def test_latent_arrays_reads_ahead_in_order_and_stops_when_left(tmp_path):
     next(stream)
     stream.close()
     assert threading.active_count() <= before
+    # two batches, one slot: the reader queues the second and waits to queue its end; leaving must not hang
+    stream = latent_arrays(store.latents(MODEL), batch_size=len(ids) // 2, ahead=1)
+    next(stream)
+    time.sleep(0.5)
+    closer = threading.Thread(target=stream.close)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive() and threading.active_count() <= before
