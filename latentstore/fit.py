@@ -109,10 +109,7 @@ class Hyperplane:
         d = y[:, 0] + off[0]
         boot = y[:, 1 : 1 + nb] + off[1 : 1 + nb]
         proj = y[:, 1 + nb : -1] + off[1 + nb :]
-        buf = getattr(self, "_buf", None)
-        if buf is None or buf.shape != z.shape:
-            buf = self._buf = np.empty_like(z)  # reused across batches: no 100 MB allocation per batch
-        sq = np.square(z, out=buf) @ inv2 + y[:, -1] + const  # |x|^2
+        sq = np.einsum("ij,ij,j->i", z, z, inv2) + y[:, -1] + const  # |x|^2, one pass, no N x D temporary
         inside = (proj * proj / self.ood_variances).sum(1)
         resid = np.maximum(sq - (proj * proj).sum(1), 0.0) / self.ood_residual
         return d, boot, np.sqrt(inside + resid)
@@ -144,7 +141,10 @@ class Calibration:
 
     def boot_scores(self, boot_distance: np.ndarray) -> np.ndarray:
         """(N, B) scores, bootstrap hyperplane b calibrated by its own coefficients."""
-        return np.stack([np.polyval(c, boot_distance[:, b]) for b, c in enumerate(self.boot_coefficients)], axis=1)
+        out = np.zeros_like(boot_distance)
+        for coef in self.boot_coefficients.T:  # Horner over all B columns at once (highest power first)
+            out = out * boot_distance + coef
+        return out
 
 
 def to_grade(score: np.ndarray) -> np.ndarray:
