@@ -115,11 +115,25 @@ class Hyperplane:
         return d, boot, np.sqrt(inside + resid)
 
     def ood_distance(self, zs: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance under the probabilistic-PCA reference (k axes + isotropic residual)."""
-        x = zs - self.ood_mean
-        proj = x @ self.ood_components.T
-        inside = (proj * proj / self.ood_variances).sum(1)
-        resid = np.maximum((x * x).sum(1) - (proj * proj).sum(1), 0.0) / self.ood_residual
+        """Mahalanobis distance of standardised latents under the fit's OOD reference."""
+        return PPCA(self.ood_mean, self.ood_components, self.ood_variances, self.ood_residual).distance(zs)
+
+
+@dataclass
+class PPCA:
+    """A probabilistic-PCA reference: mean, k principal axes with their variances, an isotropic residual."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (k, D)
+    variances: np.ndarray  # (k,)
+    residual: float
+
+    def distance(self, zs: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance (k axes + isotropic residual) of rows `zs`."""
+        x = zs - self.mean
+        proj = x @ self.components.T
+        inside = (proj * proj / self.variances).sum(1)
+        resid = np.maximum((x * x).sum(1) - (proj * proj).sum(1), 0.0) / self.residual
         return np.sqrt(inside + resid)
 
 
@@ -275,18 +289,16 @@ def latent_stats(st: Store, model_id: str, seed: int = 0) -> tuple[np.ndarray, n
     return mean.astype(np.float32), std.astype(np.float32), n, np.concatenate(ids_all), np.concatenate(z_keep)
 
 
-def _ppca(x: np.ndarray) -> tuple:
-    """Probabilistic PCA of rows `x` (mean, k components, their variances, the isotropic residual): k is
-    OOD_COMPONENTS, fewer on a small reference (at most a tenth of its rows), whose small axes would be noise."""
+def _ppca(x: np.ndarray) -> PPCA:
+    """Probabilistic PCA of rows `x`: k = OOD_COMPONENTS axes, fewer on a small reference (at most a tenth of
+    its rows), whose small axes would be noise."""
     mean = x.mean(0)
     xc = x - mean
     k = int(max(1, min(OOD_COMPONENTS, len(x) // 10, x.shape[1] - 1)))
     evals, evecs = np.linalg.eigh(xc.T.astype(np.float64) @ xc / max(len(x) - 1, 1))  # D x D: cheap at any N
     var, vt = evals[::-1].clip(0), evecs[:, ::-1].T
     resid = float(max(var[k:].sum() / max(x.shape[1] - k, 1), 1e-6))
-    probe = Hyperplane.__new__(Hyperplane)
-    probe.ood_mean, probe.ood_components, probe.ood_variances, probe.ood_residual = mean, vt[:k], np.maximum(var[:k], 1e-6), resid
-    return probe
+    return PPCA(mean, vt[:k], np.maximum(var[:k], 1e-6), resid)
 
 
 def _held_out_distances(zs: np.ndarray, patients: np.ndarray, seed: int, folds: int) -> np.ndarray | None:
@@ -301,7 +313,7 @@ def _held_out_distances(zs: np.ndarray, patients: np.ndarray, seed: int, folds: 
     d = np.empty(len(zs))
     for f in range(folds):
         test = fold == f
-        d[test] = _ppca(zs[~test]).ood_distance(zs[test])
+        d[test] = _ppca(zs[~test]).distance(zs[test])
     return d
 
 
@@ -331,9 +343,9 @@ def ood_reference(zs: np.ndarray, patients: np.ndarray, seed: int = 0, folds: in
             zs, patients = zs[keep], patients[keep]
             d = _held_out_distances(zs, patients, seed, folds)
     ref = _ppca(zs)
-    d = ref.ood_distance(zs) if d is None else d
-    return (ref.ood_mean.astype(np.float32), ref.ood_components.astype(np.float32), ref.ood_variances,
-            ref.ood_residual, float(np.quantile(d, quantile)))
+    d = ref.distance(zs) if d is None else d
+    return (ref.mean.astype(np.float32), ref.components.astype(np.float32), ref.variances, ref.residual,
+            float(np.quantile(d, quantile)))
 
 
 def reference(st: Store, model_id: str, seed: int = 0) -> dict:
