@@ -216,26 +216,26 @@ def start_run(store: Store, stage: str, args: dict) -> str:
 
 
 @contextmanager
-def recorded(summary, finish) -> Iterator[None]:
-    """A run's outcome on its summary: `status` "ok" when the block ends, "interrupted" on Ctrl-C, "failed" on
-    an exception (re-raised); `finish()` (which records the run's end) is called either way."""
+def recorded(store: Store, summary, t0: float, done: str, rate: str) -> Iterator[None]:
+    """A run's outcome on its summary and in `runs`: `status` "ok" when the block ends, "interrupted" on
+    Ctrl-C, "failed" on an exception (re-raised); either way the seconds since `t0` and the rate
+    `summary.<done> / seconds` (into the field `rate`) are set and the run's end is recorded."""
     try:
         yield
         summary.status = "ok"
     except BaseException as e:
         summary.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        finish()
+        _finish(store, summary, t0, done, rate)
         raise
-    finish()
+    _finish(store, summary, t0, done, rate)
 
 
-def finish_summary(store: Store, summary, t0: float, done: int, rate: str) -> None:
-    """Seconds since `t0` and the rate `done / seconds` (into the field `rate`) on the summary, then the run's
-    end in `runs`; a failure to record it is raised only for a run that succeeded (else the first error wins)."""
+def _finish(store: Store, summary, t0: float, done: str, rate: str) -> None:
+    """A failure to record the run's end is raised only for a run that succeeded (else the first error wins)."""
     from dataclasses import asdict
 
     summary.seconds = round(time.monotonic() - t0, 3)
-    setattr(summary, rate, round(done / summary.seconds, 2) if summary.seconds else 0.0)
+    setattr(summary, rate, round(getattr(summary, done) / summary.seconds, 2) if summary.seconds else 0.0)
     try:
         finish_run(store, summary.run_id, summary.status, asdict(summary))
     except Exception:

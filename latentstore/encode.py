@@ -184,7 +184,7 @@ def encode(
                 "batch_size": batch_size, "actors": actors}
         run_id = catalog.start_run(st, "encode", args)
         summary = EncodeSummary(run_id=run_id, model_id=meta.model_id, store=st.root, batch_size=batch_size)
-        with catalog.recorded(summary, lambda: catalog.finish_summary(st, summary, t0, summary.encoded, "slices_per_s")):
+        with catalog.recorded(st, summary, t0, "encoded", "slices_per_s"):
             summary.staging_dropped = latents.clear_staging()
             _encode(st, meta, latents, run_id, address, batch_size, actors, progress, summary)
             latents.clear_staging(run_id)

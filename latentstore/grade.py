@@ -243,7 +243,7 @@ def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> G
         catalog.close_dead_runs(st, stage)
         run_id = catalog.start_run(st, stage, {"model_id": model_id})
         summary = GradeSummary(run_id=run_id, stage=stage, model_id=model_id)
-        with catalog.recorded(summary, lambda: catalog.finish_summary(st, summary, t0, summary.graded, "latents_per_s")):
+        with catalog.recorded(st, summary, t0, "graded", "latents_per_s"):
             if before is not None:
                 before(summary)
             h, c = load_fit(st, model_id)
