@@ -25,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,8 +46,8 @@ OOD_PATIENT_QUANTILE = 0.95  # a patient is unlike the rest when more than OOD_P
 OOD_PATIENT_SHARE = 0.5  # beyond this quantile of the held-out distances (inliers: 3 of 4 by chance ~0.05 %)
 OOD_PATIENT_MIN_ROWS = 3
 OOD_REFERENCE_MAX = 20_000  # latents behind the OOD reference (a seeded sample of latents beyond that)
-LABELS_SQL = ("SELECT s.slice_id, s.patient_key, s.level, l.grade, l.fracture, l.source "
-              "FROM labels l JOIN slices s ON s.scan_id = l.scan_id AND s.level = l.level")
+LABELS_COLUMNS = "s.slice_id, s.patient_key, s.level, l.grade, l.fracture, l.source"
+LABELS_FROM = "labels l JOIN slices s ON s.scan_id = l.scan_id AND s.level = l.level"
 
 
 @dataclass
@@ -211,8 +212,18 @@ class LabelSet:
     columns: dict = field(default_factory=dict)  # the `extra` columns asked for, one value per row
 
 
-def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...] = ()
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, dict]:
+class Labelled(NamedTuple):
+    """What `select_labels` returns (also unpacks as a tuple)."""
+
+    slice_id: np.ndarray
+    patient: np.ndarray
+    grade: np.ndarray  # -1 where the source gives only fracture yes/no
+    fracture: np.ndarray
+    digest: str  # the label set's hash
+    columns: dict  # the `extra` columns, one value per row
+
+
+def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...] = ()) -> Labelled:
     """(slice_id, patient_key, grade (-1 unknown), fracture, the set's hash, {extra column: values}) of the
     labelled slices `where` selects, G1 left out unless `g1`. `extra` names more columns of the label (l) and
     slice (s) views, e.g. `s.level_name`. A slice labelled twice with different labels is an error; with the
@@ -223,7 +234,7 @@ def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...
         raise InputError("--labels is one SQL predicate over the label (l) and slice (s) columns (no ';')")
     cols = "".join(f", {c} AS extra_{i}" for i, c in enumerate(extra))
     g1_rule = "" if g1 else " AND (l.grade IS NULL OR l.grade <> 1)"
-    t = query(st, f"{LABELS_SQL.replace(' FROM ', cols + ' FROM ', 1)} WHERE ({where}){g1_rule} ORDER BY s.slice_id")
+    t = query(st, f"SELECT {LABELS_COLUMNS}{cols} FROM {LABELS_FROM} WHERE ({where}){g1_rule} ORDER BY s.slice_id")
     sid = t.column("slice_id").to_numpy().astype(np.int64)
     grade = np.array([-1 if g is None else g for g in t.column("grade").to_pylist()], dtype=np.int64)
     frac = np.array(t.column("fracture").to_pylist(), dtype=bool)
@@ -242,7 +253,7 @@ def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...
     h.update(np.ascontiguousarray(sid, "<i8").tobytes())
     h.update(np.ascontiguousarray(grade, "<i8").tobytes())
     h.update(frac.astype(np.uint8).tobytes())
-    return sid, patient, grade, frac, h.hexdigest(), more
+    return Labelled(sid, patient, grade, frac, h.hexdigest(), more)
 
 
 def label_set(st: Store, model_id: str, where: str, g1: bool = False, extra: tuple[str, ...] = ()) -> LabelSet:

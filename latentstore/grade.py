@@ -279,7 +279,7 @@ def regrade(store: Store | str | None, model: str | None = None, progress: bool 
     h, c = load_fit(st, model_id)
 
     def refit_if_needed(summary: GradeSummary) -> None:
-        digest = select_labels(st, h.label_query)[4]
+        digest = select_labels(st, h.label_query).digest
         if digest != h.label_hash:
             fit(st, **settings(h, c), cv=False)
             summary.refit, summary.refit_reason = True, "labels changed"
