@@ -82,31 +82,54 @@ def _pixels() -> float:
 
 def train_segments(name: str, store: Path, out: Path, every: int, deadline: float, device: str) -> None:
     """One recipe, segment by segment, until `deadline` (a time.time()). The first segment is an eighth of
-    `every` and measures the rate; later ones are `every` images or what the rate says still fits."""
+    `every` and measures the rate; later ones are `every` images or what the rate says still fits.
+
+    A recipe with `then` (a dict with `after_images` and TrainConfig overrides) is staged: after that many
+    images its EMA weights, registered, start a second run (`init_from`) with the overrides and a fresh
+    optimiser; images_seen counts on across the stages."""
     from latentstore.train import TrainConfig, latest_checkpoint, train
 
-    over = RECIPES[name]
-    batch = over["batch_size"]
-    run = out / name / "run"
+    over = dict(RECIPES[name])
+    then = over.pop("then", None)
+    stage, offset = 1, 0
+    if then and (out / name / "run2").exists():
+        stage2 = json.loads((out / name / "stage2.json").read_text())
+        over, offset, stage = {**over, **stage2["overrides"]}, stage2["offset"], 2
     points = out / name / "points.jsonl"
-    last = latest_checkpoint(run)
-    step = json.loads((last / "state.json").read_text())["step"] if last else 0
-    seg_steps, smallest = max(1, every // batch // 8), max(1, every // batch // 8)
-    while seg_steps >= smallest:
-        t0 = time.time()
-        target = step + seg_steps
-        cfg = TrainConfig(**over, steps=target, checkpoint_every=target, preview_every=0, keep_checkpoints=1)
-        res = train(str(store), cfg, out=run, resume=True, progress=False, register=True, device=device)
-        seg = time.time() - t0
-        rate = seg_steps / seg  # steps per second, the segment's overhead (loading, registering) included
-        step = target
-        with points.open("a") as f:
-            f.write(json.dumps({"recipe": name, "images_seen": step * batch, "steps": step,
-                                "train_s": round(res.seconds, 1), "segment_wall_s": round(seg, 1),
-                                "images_per_s": round(seg_steps * batch / seg, 1),
-                                "model_dir": str(res.model_dir)}) + "\n")
-        print(f"{name}: {step * batch} images, segment {seg:.1f} s ({seg_steps * batch / seg:.0f} img/s)", flush=True)
-        seg_steps = min(every // batch, int(rate * (deadline - time.time()) * 0.9))
+    while True:
+        batch = over["batch_size"]
+        run = out / name / ("run" if stage == 1 else "run2")
+        last = latest_checkpoint(run)
+        step = json.loads((last / "state.json").read_text())["step"] if last else 0
+        seg_steps = smallest = max(1, every // batch // 8)
+        limit = (then["after_images"] - offset) // batch if stage == 1 and then else None
+        while seg_steps >= smallest and (limit is None or step < limit):
+            if limit is not None:
+                seg_steps = min(seg_steps, limit - step)
+            t0 = time.time()
+            target = step + seg_steps
+            cfg = TrainConfig(**over, steps=target, checkpoint_every=target, preview_every=0, keep_checkpoints=1)
+            res = train(str(store), cfg, out=run, resume=True, progress=False, register=True, device=device)
+            seg = time.time() - t0
+            rate = seg_steps / seg  # steps per second, the segment's overhead (loading, registering) included
+            step = target
+            with points.open("a") as f:
+                f.write(json.dumps({"recipe": name, "stage": stage, "images_seen": offset + step * batch,
+                                    "steps": step, "train_s": round(res.seconds, 1),
+                                    "segment_wall_s": round(seg, 1),
+                                    "images_per_s": round(seg_steps * batch / seg, 1),
+                                    "model_dir": str(res.model_dir)}) + "\n")
+            print(f"{name}: stage {stage}, {offset + step * batch} images, segment {seg:.1f} s "
+                  f"({seg_steps * batch / seg:.0f} img/s)", flush=True)
+            seg_steps = min(every // batch, int(rate * (deadline - time.time()) * 0.9))
+        if limit is None or step < limit:
+            return
+        stage1 = [json.loads(ln) for ln in points.read_text().splitlines()]
+        overrides = {k: v for k, v in then.items() if k != "after_images"}
+        overrides["init_from"] = [p for p in stage1 if p["stage"] == 1][-1]["model_dir"]
+        (out / name / "stage2.json").write_text(json.dumps({"overrides": overrides,
+                                                            "offset": offset + step * batch}))
+        over, offset, stage = {**over, **overrides}, offset + step * batch, 2
 
 
 def main(argv=None) -> int:

@@ -63,6 +63,13 @@ RECIPES: dict[str, dict] = {
                                    init_from="2dbd8f4ed28d30ba"),
     "gpu-stage5-b128-lr3e-4-enc1": dict(config="cpu48", batch_size=128, lr=3e-4, ema_decay=0.999,
                                         encoder_lr_scale=1.0, init_from="2dbd8f4ed28d30ba"),
+    # for a GPU lease, from scratch at 96 px (cpu48's plateau is ~0.90-0.92): the staged recipe in one process
+    # (bench/gpu_train.py `then`): the encoder frozen at its seeded init while the UNet learns to read z_sem,
+    # then the encoder at 0.1x the rate
+    "gpu-small-staged-b128": dict(config="small", batch_size=128, lr=1e-3, ema_decay=0.999, encoder_lr_scale=0.0,
+                                  then=dict(after_images=64000, lr=2e-3, encoder_lr_scale=0.1)),
+    "gpu-small-staged-b256": dict(config="small", batch_size=256, lr=2e-3, ema_decay=0.999, encoder_lr_scale=0.0,
+                                  then=dict(after_images=64000, lr=2e-3, encoder_lr_scale=0.1)),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
@@ -107,6 +114,8 @@ def run_recipe(name: str, args, data) -> list[dict]:
     from latentstore.train import TrainConfig, latest_checkpoint, train
 
     over = RECIPES[name]
+    if "then" in over:
+        raise SystemExit(f"{name} is staged (`then`): bench/gpu_train.py runs it")
     folder = args.out / name
     folder.mkdir(parents=True, exist_ok=True)
     curve_path = folder / "curve.jsonl"
