@@ -256,11 +256,13 @@ def select_labels(st: Store, where: str, g1: bool = False, extra: tuple[str, ...
     return Labelled(sid, patient, grade, frac, h.hexdigest(), more)
 
 
-def label_set(st: Store, model_id: str, where: str, g1: bool = False, extra: tuple[str, ...] = ()) -> LabelSet:
-    """The selected labelled slices (`select_labels`) that have a latent of `model_id`, with their latents."""
+def label_set(st: Store, model_id: str, where: str, g1: bool = False, extra: tuple[str, ...] = (),
+              selected: Labelled | None = None) -> LabelSet:
+    """The selected labelled slices (`select_labels`, or `selected` when the caller has run that query with
+    the same arguments) that have a latent of `model_id`, with their latents."""
     from .index import read_latents
 
-    sid, patient, grade, frac, digest, more = select_labels(st, where, g1, extra)
+    sid, patient, grade, frac, digest, more = selected or select_labels(st, where, g1, extra)
     if len(sid) == 0:
         raise InputError(f"no labelled slices match --labels {where!r} (run `latentstore labels import` first?)")
     ids, z = read_latents(st, model_id, sid)
@@ -512,8 +514,9 @@ def parallel_map(fn, items: list, threads: int | None = None) -> list:
 
 def fit(store: Store | str | None, model: str | None = None, classifier: str = "logistic",
         calibration: str = "linear", labels: str = "TRUE", c: float = DEFAULT_C, bootstrap: int = BOOTSTRAP,
-        cv: bool = True, seed: int = 0) -> FitSummary:
-    """Fit, calibrate and store a hyperplane for `model`'s latents; return the summary (versions inside)."""
+        cv: bool = True, seed: int = 0, selected: Labelled | None = None) -> FitSummary:
+    """Fit, calibrate and store a hyperplane for `model`'s latents; return the summary (versions inside).
+    `selected`: `select_labels(st, labels)` when the caller has it already (regrade's change test)."""
     from sklearn.metrics import roc_auc_score
 
     from .index import resolve_model_id
@@ -527,7 +530,7 @@ def fit(store: Store | str | None, model: str | None = None, classifier: str = "
     t0 = time.perf_counter()
     st = connect(store)
     model_id = resolve_model_id(st, model)
-    ls = label_set(st, model_id, labels)
+    ls = label_set(st, model_id, labels, selected=selected)
     notes = []
     if ls.missing_latents:
         notes.append(f"  {ls.missing_latents} labelled slice(s) have no latent of model {model_id} and were left "

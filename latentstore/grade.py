@@ -237,16 +237,18 @@ def latent_arrays(ds, done: np.ndarray | None = None, batch_size: int = READ_BAT
         reader.join()
 
 
-def _run(st: Store, stage: str, model_id: str, progress: bool, before=None) -> GradeSummary:
+def _run(st: Store, stage: str, model_id: str, progress: bool, refit=None) -> GradeSummary:
+    """One recorded grade run under the model's lock. `refit(summary, h, c)` (regrade) may refit first and
+    returns the fit to grade with."""
     t0 = time.monotonic()
     with st.lock(f"grade-{model_id}", timeout_s=30):
+        h, c = load_fit(st, model_id)  # no fit: a clear error before a run is recorded
         catalog.close_dead_runs(st, stage)
         run_id = catalog.start_run(st, stage, {"model_id": model_id})
         summary = GradeSummary(run_id=run_id, stage=stage, model_id=model_id)
         with catalog.recorded(st, summary, t0, "graded", "latents_per_s"):
-            if before is not None:
-                before(summary)
-            h, c = load_fit(st, model_id)
+            if refit is not None:
+                h, c = refit(summary, h, c)
             summary.hyperplane_version, summary.calibration_version = h.hyperplane_version, c.calibration_version
             _grade(st, h, c, summary, progress)
             if summary.graded:
@@ -265,9 +267,7 @@ def grade(store: Store | str | None, model: str | None = None, progress: bool = 
     from .index import resolve_model_id
 
     st = connect(store)
-    model_id = resolve_model_id(st, model)
-    load_fit(st, model_id)  # a clear error before a run is recorded
-    return _run(st, "grade", model_id, progress)
+    return _run(st, "grade", resolve_model_id(st, model), progress)
 
 
 def regrade(store: Store | str | None, model: str | None = None, progress: bool = True) -> GradeSummary:
@@ -276,12 +276,13 @@ def regrade(store: Store | str | None, model: str | None = None, progress: bool 
 
     st = connect(store)
     model_id = resolve_model_id(st, model)
-    h, c = load_fit(st, model_id)
 
-    def refit_if_needed(summary: GradeSummary) -> None:
-        digest = select_labels(st, h.label_query).digest
-        if digest != h.label_hash:
-            fit(st, **settings(h, c), cv=False)
-            summary.refit, summary.refit_reason = True, "labels changed"
+    def refit_if_needed(summary: GradeSummary, h: Hyperplane, c: Calibration) -> tuple[Hyperplane, Calibration]:
+        selected = select_labels(st, h.label_query)
+        if selected.digest == h.label_hash:
+            return h, c
+        fit(st, **settings(h, c), cv=False, selected=selected)
+        summary.refit, summary.refit_reason = True, "labels changed"
+        return load_fit(st, model_id)
 
-    return _run(st, "regrade", model_id, progress, before=refit_if_needed)
+    return _run(st, "regrade", model_id, progress, refit=refit_if_needed)
