@@ -160,13 +160,22 @@ def _refresh_views(con, store: Store) -> None:
     if not store.local:
         return  # DuckDB cannot glob an object store offline (no httpfs): `sql` registers Arrow datasets instead
     for name, spec in DATASETS.items():
-        view = dataset_view_sql(store, name)
-        current = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
-        if current and view in current[0]:
+        if view_state(con, store, name) == "here":
             continue
-        if not _has_parts(store, name):
-            view = _empty_select(name, spec.partition)
+        view = dataset_view_sql(store, name) if _has_parts(store, name) else _empty_select(name, spec.partition)
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {view}")
+
+
+def view_state(con, store: Store, name: str) -> str | None:
+    """Where a dataset's catalog view reads: "here" (this store's parts), "elsewhere" (another folder's: the
+    store was copied or moved and no writer has refreshed it yet), "empty" (no parts when it was made), or
+    None (no such view)."""
+    rows = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()
+    if not rows:
+        return None
+    if dataset_view_sql(store, name) in rows[0][0]:
+        return "here"
+    return "elsewhere" if "read_parquet" in rows[0][0] else "empty"
 
 
 def dataset_view_sql(store: Store, name: str) -> str:

@@ -12,7 +12,7 @@ import threading
 
 import pyarrow as pa
 
-from .catalog import reader
+from .catalog import reader, view_state
 from .errors import InputError
 from .store import DATASETS, Store
 
@@ -37,7 +37,7 @@ def query(store: Store, sql: str, timeout_s: float | None = 60.0) -> pa.Table:
     con = reader(store)
     timer = None
     try:
-        if not store.local or _views_elsewhere(con, store):
+        if not store.local or view_state(con, store, "slices") == "elsewhere":
             register_datasets(con, store)
         dirs = ", ".join("'" + store.path(d).rstrip("/").replace("'", "''") + "/'" for d in DATASETS)
         con.execute(f"SET allowed_directories = [{dirs}]")
@@ -58,15 +58,6 @@ def query(store: Store, sql: str, timeout_s: float | None = 60.0) -> pa.Table:
         raise InputError(f"query failed: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
-
-
-def _views_elsewhere(con, store: Store) -> bool:
-    """True when the catalog's views glob another folder (the store was copied or moved, and no writer has
-    refreshed them yet): the reader then scans this store's parts itself instead of failing."""
-    from .catalog import dataset_view_sql
-
-    rows = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'slices'").fetchall()
-    return bool(rows) and "read_parquet" in rows[0][0] and dataset_view_sql(store, "slices") not in rows[0][0]
 
 
 def register_datasets(con, store: Store) -> None:
