@@ -66,11 +66,18 @@ def grading_data(st: Store, model_id: str, labels: str = "TRUE") -> GradingData:
                          "run `latentstore labels import` / `latentstore encode`")
     splits = ls.columns["l.split"][graded]
     patient = ls.patient[graded]
+    test, rule = None, ""
     if all(s in ("train", "val", "test") for s in splits) and "test" in set(splits) and len(set(splits)) > 1:
-        test, rule = splits == "test", "the labels' split column (test held out)"
-    else:
+        test = splits == "test"
+        # the split is by patient: one patient in both parts (sources that split differently) would leak
+        mixed = set(patient[test]) & set(patient[~test])
+        if mixed:
+            test, rule = None, f"the labels' split column puts {len(mixed)} patient(s) in both train and test; "
+        else:
+            rule = "the labels' split column (test held out)"
+    if test is None:
         test = np.array([is_holdout(p, TEST_FRACTION) for p in patient])
-        rule = f"hash of patient_key ({TEST_FRACTION:.0%} of patients held out)"
+        rule += f"hash of patient_key ({TEST_FRACTION:.0%} of patients held out)"
     d = GradingData(ls.slice_id[graded], patient, ls.columns["s.level_name"][graded], ls.grade[graded],
                     test.astype(bool), ls.z[graded], rule)
     for part, mask in (("training", ~d.test), ("test", d.test)):

@@ -45,12 +45,13 @@ def add_latents(st, slice_ids: np.ndarray, grades: np.ndarray, seed: int, shift:
     ds.publish("test-run", name)
 
 
-def put_labels(st, rows: list[tuple[str, int, int]], source: str = "truth") -> None:
+def put_labels(st, rows: list[tuple[str, int, int]], source: str = "truth", split=lambda scan, level: None) -> None:
     """Label rows (scan_id, level, grade) as one import of `source` (the current labels of that source)."""
     with catalog.writer(st) as con:
         iid = catalog.new_run_id("labels")
         con.executemany("INSERT INTO label_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [[iid, source, s, lv, f"L{lv - 19}", g, g >= 1, None, None, i] for i, (s, lv, g) in enumerate(rows)])
+                        [[iid, source, s, lv, f"L{lv - 19}", g, g >= 1, None, split(s, lv), i]
+                         for i, (s, lv, g) in enumerate(rows)])
         con.execute("INSERT INTO label_imports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [iid, source, "long", iid, catalog.utcnow(), len(rows), len(rows), 0, "[]"])
 
@@ -281,6 +282,26 @@ def test_eval_grading_table_on_a_patient_split(store, tmp_path):
         raise AssertionError(f"{name} in grading.json: not JSON")
 
     assert json.loads((tmp_path / "rep" / "grading.json").read_text(), parse_constant=refuse)["model_id"] == MODEL
+
+
+def test_eval_grading_uses_the_labels_split_by_patient_and_refuses_one_that_leaks(tmp_path):
+    from latentstore.eval_grading import grading_data
+
+    st, ids, scans, g = planted_store(tmp_path / "store")
+    t = st.slices.read(columns=["scan_id", "patient_key", "level"])
+    patient_of = dict(zip(t.column("scan_id").to_pylist(), t.column("patient_key").to_pylist()))
+    order = sorted(set(scans))
+    rows = list(zip(scans, t.column("level").to_pylist(), g.tolist()))
+    put_labels(st, rows, "by-patient", split=lambda s, lv: "test" if order.index(s) < 20 else "train")
+    d = grading_data(st, MODEL, "l.source = 'by-patient'")
+    assert d.split_rule == "the labels' split column (test held out)"
+    assert set(np.asarray(d.patient)[d.test]) == {patient_of[s] for s in order[:20]}
+    # one vertebra of a test patient marked train: that patient would sit on both sides
+    first = rows[scans.index(order[0])]
+    put_labels(st, rows, "leaky", split=lambda s, lv: "train" if (s, lv) == first[:2] or order.index(s) >= 20 else "test")
+    d = grading_data(st, MODEL, "l.source = 'leaky'")
+    assert d.split_rule.startswith("the labels' split column puts 1 patient(s) in both train and test; hash of")
+    assert not set(np.asarray(d.patient)[d.test]) & set(np.asarray(d.patient)[~d.test])
 
 
 def test_reports_are_strict_json_a_level_without_fractures_has_a_null_auc():
