@@ -70,6 +70,10 @@ RECIPES: dict[str, dict] = {
                                   then=dict(after_images=64000, lr=2e-3, encoder_lr_scale=0.1)),
     "gpu-small-staged-b256": dict(config="small", batch_size=256, lr=2e-3, ema_decay=0.999, encoder_lr_scale=0.0,
                                   then=dict(after_images=64000, lr=2e-3, encoder_lr_scale=0.1)),
+    # the same, on from gpu-small-staged-b256 at 465k images (its last EMA, registered as e51922299df370af),
+    # fresh Adam
+    "gpu-small-stage3-b256": dict(config="small", batch_size=256, lr=2e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                                  init_from="e51922299df370af"),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
