@@ -92,9 +92,10 @@ class Hyperplane:
 
     def raw_scores(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(distance, bootstrap distances (N, B), OOD distance) of *raw* latents, as `distance`,
-        `boot_distances` and `ood_distance` of the standardised ones, in one float32 matrix product:
-        the standardisation is folded into the weights, so the N x D latents are passed over twice
-        (the product and a square), not five times."""
+        `boot_distances` and `ood_distance` of the standardised ones, from one float32 matrix product: the
+        standardisation is folded into the weights, so the N x D latents are passed over twice (the product
+        and a square, in cache-sized blocks), not five times. float32 throughout: the scores are stored as
+        float32, and |x|^2 - |proj|^2 (~D) loses ~1e-5 of the OOD distance (~D^0.5)."""
         if getattr(self, "_folded", None) is None:
             inv = (1.0 / self.z_std).astype(np.float64)
             shift = self.z_mean.astype(np.float64) * inv  # zs = z * inv - shift
@@ -102,18 +103,21 @@ class Hyperplane:
             m = shift + self.ood_mean  # x = zs - ood_mean = z * inv - m
             off = -(rows @ shift) + np.concatenate([[self.bias], self.boot_biases, -(self.ood_components @ self.ood_mean)])
             w = np.concatenate([rows * inv, (-2 * inv * m)[None]])  # last column: the linear part of |x|^2
-            self._folded = (np.ascontiguousarray(w.T, np.float32), off, (inv * inv).astype(np.float32), float(m @ m))
-        w, off, inv2, const = self._folded
+            self._folded = (np.ascontiguousarray(w.T, np.float32), np.append(off, m @ m).astype(np.float32),
+                            (inv * inv).astype(np.float32), (1.0 / self.ood_variances).astype(np.float32))
+        w, off, inv2, inv_var = self._folded
         z = np.asarray(z, np.float32)
-        y = (z @ w).astype(np.float64)
+        y = z @ w
+        y += off
         nb = len(self.boot_biases)
-        d = y[:, 0] + off[0]
-        boot = y[:, 1 : 1 + nb] + off[1 : 1 + nb]
-        proj = y[:, 1 + nb : -1] + off[1 + nb :]
-        sq = np.einsum("ij,ij,j->i", z, z, inv2) + y[:, -1] + const  # |x|^2, one pass, no N x D temporary
-        inside = (proj * proj / self.ood_variances).sum(1)
-        resid = np.maximum(sq - (proj * proj).sum(1), 0.0) / self.ood_residual
-        return d, boot, np.sqrt(inside + resid)
+        proj = y[:, 1 + nb : -1]
+        sq = y[:, -1].copy()  # + sum_j inv2_j z_j^2, block by block (a 3-operand einsum is ~40 % slower)
+        for a in range(0, len(z), 2048):
+            b = z[a : a + 2048]
+            sq[a : a + 2048] += (b * b) @ inv2
+        pp = proj * proj
+        resid = np.maximum(sq - pp.sum(1), 0.0) / np.float32(self.ood_residual)
+        return y[:, 0].copy(), y[:, 1 : 1 + nb], np.sqrt(pp @ inv_var + resid)
 
     def ood_distance(self, zs: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of standardised latents under the fit's OOD reference."""
