@@ -3,7 +3,7 @@
     python bench/grading.py --labelled 10000 --latents 1000000 [--out DIR]
 
 Builds a store of `--latents` random 512-d latents with a planted fracture direction (slices rows only for
-the `--labelled` ones, which get labels), then measures:
+the `--labelled` ones, a random subset spread over every part, which get labels), then measures:
 
 - fit on the labelled latents: the first fit on these latents (it computes and caches the normalisation and
   OOD reference over all of them), then refits: the hyperplane + calibration alone (`--bootstrap 0`, no
@@ -54,7 +54,10 @@ def build(root: Path, n_latents: int, n_labelled: int, seed: int = 0) -> latents
         name = latent_part_name(ids[sl])
         ds.write_staged(latents_table(ids[sl], z), "bench", name)
         ds.publish("bench", name)
-    lab = ids[:n_labelled]
+    # the labelled latents are a random subset, as in a real store, where slice ids are hashes: every part,
+    # and nearly every row group, holds some of them
+    pick = np.sort(rng.choice(n_latents, size=n_labelled, replace=False))
+    lab, lab_grades = ids[pick], grades[pick]
     scans = [f"scan-{i // 4:06d}" for i in range(n_labelled)]
     schema = arrow_schema("slices")
     cols = {
@@ -73,7 +76,7 @@ def build(root: Path, n_latents: int, n_labelled: int, seed: int = 0) -> latents
     pq.write_table(pa.table(cols, schema=schema), root / "slices" / "part-bench.parquet")
     with catalog.writer(st) as con:
         con.executemany("INSERT INTO label_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [["bench-import", "bench", s, 20 + i % 4, f"L{1 + i % 4}", int(grades[i]), bool(grades[i] >= 1),
+                        [["bench-import", "bench", s, 20 + i % 4, f"L{1 + i % 4}", int(lab_grades[i]), bool(lab_grades[i] >= 1),
                           None, None, i] for i, s in enumerate(scans)])
         con.execute("INSERT INTO label_imports VALUES ('bench-import', 'bench', 'long', 'x', ?, ?, ?, 0, '[]')",
                     [catalog.utcnow(), n_labelled, n_labelled])

@@ -6,7 +6,7 @@ database again; long runs (ingest) open it briefly per batch of records instead 
 Readers use `reader()`, which opens the file read-only, so a query can never change data.
 
 Tables come from the DDL files in `schemas/` (`runs.sql`, `errors.sql`, `label_imports.sql`,
-`label_rows.sql`, `latent_stats.sql`, `hyperplanes.sql`, `calibrations.sql`, `grades.sql`; the view `labels` shows each label
+`label_rows.sql`, `latent_stats.sql`, `labelled_latents.sql`, `hyperplanes.sql`, `calibrations.sql`, `grades.sql`; the view `labels` shows each label
 source's latest import, `current_grades` each model's grades under its latest calibration). Each Parquet dataset of the store
 (`store.DATASETS`: `slices`, `latents`) has a view over its published part files (never `_staging/`);
 views are refreshed by every writer.
@@ -30,7 +30,8 @@ from .schema import ddl
 from .store import DATASETS, Store
 
 CATALOG = "catalog.duckdb"
-TABLES = ("runs", "errors", "label_imports", "label_rows", "latent_stats", "hyperplanes", "calibrations", "grades")
+TABLES = ("runs", "errors", "label_imports", "label_rows", "latent_stats", "labelled_latents", "hyperplanes",
+          "calibrations", "grades")
 # The current labels: the rows of each source's latest import (`labels.py`); older imports stay in label_rows.
 LABELS_VIEW = """CREATE VIEW IF NOT EXISTS labels AS
 SELECT r.*, i.imported_at FROM label_rows r JOIN label_imports i USING (import_id)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from . import catalog
 from .errors import InputError, StoreError
@@ -264,32 +265,91 @@ def label_set(st: Store, model_id: str, where: str, g1: bool = False, extra: tup
               selected: Labelled | None = None) -> LabelSet:
     """The selected labelled slices (`select_labels`, or `selected` when the caller has run that query with
     the same arguments) that have a latent of `model_id`, with their latents."""
-    from .index import read_latents
-
     sid, patient, grade, frac, digest, more = selected or select_labels(st, where, g1, extra)
     if len(sid) == 0:
-        raise InputError(f"no labelled slices match --labels {where!r} (run `latentstore labels import` first?)")
-    ids, z = read_latents(st, model_id, sid)
-    order = np.argsort(ids)
-    ids, z = ids[order], z[order]
+        raise no_labels(where)
+    ids, z = labelled_latents(st, model_id, sid)
     keep = np.isin(sid, ids)
     y = np.where(grade >= 0, grade >= 2, frac).astype(np.int64)[keep]
     return LabelSet(sid[keep], patient[keep], grade[keep], y, z, digest, int((~keep).sum()),
                     {c: v[keep] for c, v in more.items()})
 
 
+def no_labels(where: str) -> InputError:
+    return InputError(f"no labelled slices match --labels {where!r} (run `latentstore labels import` first?)")
+
+
+def labelled_latents(st: Store, model_id: str, slice_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted slice ids, z_sem) of those of `slice_ids` that have a latent of `model_id`: from the catalog's
+    `labelled_latents` cache for the current version of the latents, the rest read from the Parquet (every
+    row group holding one of them) and added to the cache."""
+    from .index import read_latents
+
+    parts_hash = latents_version(st, model_id)
+    want = pa.table({"slice_id": pa.array(np.unique(np.asarray(slice_ids, np.int64)))})
+    con = catalog.reader(st)
+    try:
+        con.register("want", want)
+        t = con.sql("SELECT c.slice_id, c.z_sem FROM labelled_latents c JOIN want USING (slice_id) "
+                    "WHERE c.model_id = ? AND c.parts_hash = ?", params=[model_id, parts_hash]).to_arrow_table()
+    finally:
+        con.close()
+    ids = t.column("slice_id").to_numpy().astype(np.int64)
+    dim = t.schema.field("z_sem").type.list_size
+    z = t.column("z_sem").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids), dim)
+    missing = np.setdiff1d(want.column("slice_id").to_numpy(), ids)
+    if len(missing):
+        new_ids, new_z = read_latents(st, model_id, missing)
+        if len(new_ids):
+            _cache_labelled(st, model_id, parts_hash, new_ids, new_z)
+            ids, z = np.concatenate([ids, new_ids]), np.concatenate([z, new_z])
+    ids, first = np.unique(ids, return_index=True)  # sorted; two fits filling the cache at once add rows twice
+    return ids, np.ascontiguousarray(z[first], np.float32)
+
+
+def _cache_labelled(st: Store, model_id: str, parts_hash: str, ids: np.ndarray, z: np.ndarray,
+                    replace: bool = False) -> None:
+    """Add latents to the `labelled_latents` cache (`replace`: drop the model's rows of other versions)."""
+    from .encode import latents_table
+
+    rows = latents_table(ids, z)
+    with catalog.writer(st) as con:
+        if replace:
+            con.execute("DELETE FROM labelled_latents WHERE model_id = ? AND parts_hash <> ?", [model_id, parts_hash])
+        con.register("new_rows", rows)
+        con.execute("INSERT INTO labelled_latents SELECT ?, ?, slice_id, z_sem FROM new_rows", [model_id, parts_hash])
+        con.unregister("new_rows")
+
+
+def latents_version(st: Store, model_id: str) -> str:
+    """sha256 of the sorted part names of the model's latents (content hashes): changes when latents do."""
+    return hashlib.sha256("\n".join(sorted(st.latents(model_id).parts())).encode()).hexdigest()
+
+
+def labelled_ids(st: Store) -> np.ndarray:
+    """Sorted ids of every slice with a label, of any source and grade."""
+    from .sql import query
+
+    t = query(st, f"SELECT DISTINCT s.slice_id FROM {LABELS_FROM}")
+    return np.sort(t.column("slice_id").to_numpy().astype(np.int64))
+
+
 # ---------------------------------------------------------------------------------------- normalisation
 
 
-def latent_stats(st: Store, model_id: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
-    """Per-dimension mean and std of all the model's latents (streamed, float64 sums), their count, and a
-    seeded sample of at most OOD_REFERENCE_MAX latents with their patients for the OOD reference."""
+def latent_stats(st: Store, model_id: str, seed: int = 0, keep: np.ndarray | None = None) -> tuple:
+    """Per-dimension mean and std of all the model's latents (streamed, float64 sums), their count, a
+    seeded sample of at most OOD_REFERENCE_MAX latents (ids, z) for the OOD reference, and the latents (ids,
+    z) of the sorted slice ids `keep` met on the way."""
+    from .index import isin_sorted
+
     ds = st.latents(model_id)
     if not ds.parts():
         raise StoreError(f"no latents of model {model_id} in {st.root}; run `latentstore encode` first")
     s1 = s2 = None
     n = 0
-    ids_all, z_keep = [], []
+    ids_all, z_keep, kept_ids, kept_z = [], [], [], []
+    keep = np.zeros(0, np.int64) if keep is None else keep
     rng = np.random.default_rng(seed)
     share = min(1.0, OOD_REFERENCE_MAX / max(ds.count(), 1))
     for batch in ds.batches(columns=["slice_id", "z_sem"], batch_size=65536):
@@ -297,13 +357,20 @@ def latent_stats(st: Store, model_id: str, seed: int = 0) -> tuple[np.ndarray, n
         b1, b2 = z.sum(0, dtype=np.float64), np.square(z).sum(0, dtype=np.float64)
         s1, s2 = (b1, b2) if s1 is None else (s1 + b1, s2 + b2)
         n += len(z)
+        ids = batch.column("slice_id").to_numpy().astype(np.int64)
         take = rng.random(len(z)) < share
-        ids_all.append(batch.column("slice_id").to_numpy()[take])
+        ids_all.append(ids[take])
         z_keep.append(np.asarray(z[take], np.float32))
+        hit = isin_sorted(ids, keep)
+        if hit.any():
+            kept_ids.append(ids[hit])
+            kept_z.append(np.asarray(z[hit], np.float32))
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
     std = np.where(std > 1e-6, std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32), n, np.concatenate(ids_all), np.concatenate(z_keep)
+    kept = ((np.concatenate(kept_ids), np.concatenate(kept_z)) if kept_ids
+            else (np.zeros(0, np.int64), np.zeros((0, z_keep[0].shape[1] if z_keep else 512), np.float32)))
+    return mean.astype(np.float32), std.astype(np.float32), n, np.concatenate(ids_all), np.concatenate(z_keep), kept
 
 
 def _ppca(x: np.ndarray) -> PPCA:
@@ -384,7 +451,9 @@ def reference(st: Store, model_id: str, seed: int = 0) -> dict:
         return {k: np.asarray(v, np.float64 if k == "ood_variances" else np.float32) if isinstance(v, list) else v
                 for k, v in r.items()}
     t0 = time.perf_counter()
-    mean, std, n, ref_ids, ref_z = latent_stats(st, model_id, seed)
+    # the pass over every latent also fills the labelled-latents cache for this version of the latents
+    mean, std, n, ref_ids, ref_z, (lab_ids, lab_z) = latent_stats(st, model_id, seed, keep=labelled_ids(st))
+    _cache_labelled(st, model_id, latents_version(st, model_id), lab_ids, lab_z, replace=True)
     m, comps, lam, resid, thr = ood_reference((ref_z - mean) / std, _patients_of(st, ref_ids), seed)
     r = {"model_id": model_id, "parts_hash": digest, "n_latents": n, "z_mean": mean, "z_std": std, "ood_mean": m,
          "ood_components": comps, "ood_variances": lam, "ood_residual": resid, "ood_threshold": thr,
@@ -534,6 +603,10 @@ def fit(store: Store | str | None, model: str | None = None, classifier: str = "
     t0 = time.perf_counter()
     st = connect(store)
     model_id = resolve_model_id(st, model)
+    selected = selected or select_labels(st, labels)
+    if len(selected.slice_id) == 0:
+        raise no_labels(labels)
+    ref = reference(st, model_id, seed)  # first: its pass over new latents caches the labelled ones too
     ls = label_set(st, model_id, labels, selected=selected)
     notes = []
     if ls.missing_latents:
@@ -542,7 +615,6 @@ def fit(store: Store | str | None, model: str | None = None, classifier: str = "
     n_pos = int(ls.y.sum())
     if n_pos < 2 or len(ls.y) - n_pos < 2:
         raise InputError(f"need at least 2 healthy and 2 fractured labelled latents, have {len(ls.y) - n_pos} and {n_pos}")
-    ref = reference(st, model_id, seed)
     mean, std, n_latents = ref["z_mean"], ref["z_std"], ref["n_latents"]
     X = (ls.z - mean) / std
     backend = _backend()

@@ -139,6 +139,42 @@ def test_changed_labels_refit_and_regrade_everything(store):
     assert st.sql("SELECT count(*) AS n FROM latent_stats").column("n")[0].as_py() == 1
 
 
+def test_labelled_latents_come_from_a_cache_kept_per_version_of_the_latents(tmp_path):
+    from latentstore.fit import label_set, latents_version
+    from latentstore.index import read_latents
+
+    st, ids, scans, g = planted_store(tmp_path / "store", labelled=lambda s: s < "sub-040")
+    first = {s for s in scans if s < "sub-040"}
+    assert 0 < len(first) < len(set(scans))
+
+    def cached(version=None):
+        where = "" if version is None else f" WHERE parts_hash = '{version}'"
+        return st.sql(f"SELECT count(*) AS n FROM labelled_latents{where}").column("n")[0].as_py()
+
+    fit(st, MODEL, cv=False, bootstrap=0)  # the reference pass caches every labelled latent
+    v1 = latents_version(st, MODEL)
+    n_first = sum(s in first for s in scans)
+    assert cached(v1) == n_first
+    # labels imported later: the next fit reads those latents from the Parquet, once, and caches them
+    put_labels(st, [(s, lv, gr) for s, lv, gr in zip(scans, st.slices.read(columns=["level"]).column("level").to_pylist(),
+                                                    g.tolist()) if s not in first], source="more")
+    fit(st, MODEL, cv=False, bootstrap=0)  # G1 does not train: those latents are not read
+    assert cached(v1) == n_first + sum(s not in first and gr != 1 for s, gr in zip(scans, g))
+    ls = label_set(st, MODEL, "TRUE", g1=True)
+    assert cached(v1) == len(ids)
+    pid, pz = read_latents(st, MODEL, ls.slice_id)
+    order = np.argsort(pid)
+    assert np.array_equal(pid[order], ls.slice_id) and np.array_equal(pz[order], ls.z)  # exactly the Parquet's
+    # new latents are a new version: its reference pass replaces the model's cached rows
+    more = make_store(tmp_path / "more", n_scans=2, levels=4, seed=9, first=500)
+    shutil.copy(more / "slices" / "part.parquet", st.slices.part_path("part-more.parquet"))
+    new_ids = pq.read_table(more / "slices" / "part.parquet", columns=["slice_id"]).column("slice_id").to_numpy()
+    add_latents(st, new_ids, planted_grades(len(new_ids), 4), seed=5)
+    fit(st, MODEL, cv=False, bootstrap=0)
+    v2 = latents_version(st, MODEL)
+    assert v2 != v1 and cached(v2) == len(ids) and cached() == len(ids)
+
+
 def test_ood_flag_marks_a_shifted_distribution(store):
     st, _ = store
     fit(st, MODEL)

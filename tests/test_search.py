@@ -294,7 +294,7 @@ def test_ood_flag_marks_real_ct_vertebrae_graded_by_a_phantom_model(store, real_
     real = np.stack([_encode_image(st, h.model_id, ct, tuple(affine[:3, :3] @ v + affine[:3, 3]))
                      for v in REAL_CT_BODIES.values()])
     s = score_latents(h, c, real)
-    mean, std, _, ids, ref = latent_stats(st, h.model_id)
+    mean, std, _, ids, ref, _ = latent_stats(st, h.model_id)
     p95 = ood_reference((ref - mean) / std, _patients_of(st, ids), quantile=0.95)[-1]
     detail = f"real CT OOD distances {s['ood_distance']}, 95th percentile {p95:.1f}, threshold {h.ood_threshold:.1f}"
     assert (s["ood_distance"] > p95).all() and s["ood"].sum() >= len(real) // 2, detail
