@@ -309,13 +309,14 @@ def labelled_latents(st: Store, model_id: str, slice_ids: np.ndarray) -> tuple[n
 
 def _cache_labelled(st: Store, model_id: str, parts_hash: str, ids: np.ndarray, z: np.ndarray,
                     replace: bool = False) -> None:
-    """Add latents to the `labelled_latents` cache (`replace`: drop the model's rows of other versions)."""
+    """Add latents to the `labelled_latents` cache (`replace`: they are every labelled slice's, from a pass
+    over all the latents: the model's rows, of any version, make way)."""
     from .encode import latents_table
 
     rows = latents_table(ids, z)
     with catalog.writer(st) as con:
         if replace:
-            con.execute("DELETE FROM labelled_latents WHERE model_id = ? AND parts_hash <> ?", [model_id, parts_hash])
+            con.execute("DELETE FROM labelled_latents WHERE model_id = ?", [model_id])
         con.register("new_rows", rows)
         con.execute("INSERT INTO labelled_latents SELECT ?, ?, slice_id, z_sem FROM new_rows", [model_id, parts_hash])
         con.unregister("new_rows")

@@ -173,6 +173,12 @@ def test_labelled_latents_come_from_a_cache_kept_per_version_of_the_latents(tmp_
     fit(st, MODEL, cv=False, bootstrap=0)
     v2 = latents_version(st, MODEL)
     assert v2 != v1 and cached(v2) == len(ids) and cached() == len(ids)
+    # a pass over the latents after a fit that read labelled latents itself: each slice cached once
+    with catalog.writer(st) as con:
+        con.execute("DELETE FROM latent_stats")
+    label_set(st, MODEL, "TRUE", g1=True)
+    fit(st, MODEL, cv=False, bootstrap=0)
+    assert cached() == len(ids)
 
 
 def test_ood_flag_marks_a_shifted_distribution(store):
