@@ -95,7 +95,7 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def _standardise(st: Store, model_id: str, z: np.ndarray) -> np.ndarray:
-    from .fit import reference
+    from .reference import reference
 
     ref = reference(st, model_id)
     return (z - ref["z_mean"]) / ref["z_std"]

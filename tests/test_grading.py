@@ -140,7 +140,8 @@ def test_changed_labels_refit_and_regrade_everything(store):
 
 
 def test_labelled_latents_come_from_a_cache_kept_per_version_of_the_latents(tmp_path):
-    from latentstore.fit import label_set, latents_version
+    from latentstore.fit import label_set
+    from latentstore.reference import latents_version
     from latentstore.index import read_latents
 
     st, ids, scans, g = planted_store(tmp_path / "store", labelled=lambda s: s < "sub-040")

@@ -278,7 +278,8 @@ def test_ood_flag_marks_real_ct_vertebrae_graded_by_a_phantom_model(store, real_
     95th percentile (40-45), and at least half of the real vertebrae must carry the flag itself."""
     import nibabel as nib
 
-    from latentstore.fit import _patients_of, fit, latent_stats, load_fit, ood_reference
+    from latentstore.fit import fit, load_fit
+    from latentstore.reference import _patients_of, latent_stats, ood_reference
     from latentstore.grade import score_latents
     from latentstore.index import resolve_model_id
     from latentstore.search import _encode_image
@@ -303,7 +304,7 @@ def test_ood_flag_marks_real_ct_vertebrae_graded_by_a_phantom_model(store, real_
 def test_grade_reports_a_real_ct_scan_as_out_of_distribution(store, real_data, tmp_path):
     """Scan level: a real CT ingested into a store of phantoms, encoded and graded, is named in the grade
     summary as a scan unlike the model's latents (half or more of its vertebrae flagged), not silently graded.
-    Its vertebrae must not become part of the reference they are judged against (`fit.ood_reference` leaves
+    Its vertebrae must not become part of the reference they are judged against (`reference.ood_reference` leaves
     such patients out). Of the phantom scans only those with metal implants may be named with it."""
     import csv
     import shutil
