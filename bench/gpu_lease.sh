@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU lease for default-model training (issue 8): what travels, and what runs there.
 #
-#   bash bench/gpu_lease.sh prepare      # here: .gpu/ (train store, probe set) and .whl/ (monai), git-ignored
+#   bash bench/gpu_lease.sh prepare      # here, venv active: .gpu/ (train store, probe set), .whl/ (monai)
 #   run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; \
 #         BUDGET=430 RECIPES='gpu-small-staged-b256' bash bench/gpu_lease.sh train",

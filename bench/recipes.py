@@ -74,6 +74,9 @@ RECIPES: dict[str, dict] = {
     # fresh Adam
     "gpu-small-stage3-b256": dict(config="small", batch_size=256, lr=2e-3, ema_decay=0.999, encoder_lr_scale=0.1,
                                   init_from="e51922299df370af"),
+    # and on from there at 654k images (probe 0.820; registered as 070a7e824f313cf7), for the next lease
+    "gpu-small-stage4-b256": dict(config="small", batch_size=256, lr=2e-3, ema_decay=0.999, encoder_lr_scale=0.1,
+                                  init_from="070a7e824f313cf7"),
     "paper": dict(config="paper", batch_size=64, lr=1e-4, ema_decay=0.9999, ema_warmup=False),
     "cpu48-lr1e-3-mid-t": dict(config="cpu48", batch_size=32, lr=1e-3, ema_decay=0.999, t_sampling="mid"),
 }
