@@ -22,7 +22,11 @@ prepare)
                            latentstore ingest "$EXP/train_arch" --store "$EXP/train"; }
   [ -d "$EXP/bench" ] || { latentstore synth "$EXP/bench_arch" --patients 80 --seed 3 &&
                            latentstore ingest "$EXP/bench_arch" --store "$EXP/bench"; }
+  keep=$(mktemp -d)  # models registered in .gpu/train (init_from of the next recipes) survive a rebuild
+  [ -d .gpu/train/models ] && cp -r .gpu/train/models "$keep/"
   rm -rf .gpu/train && cp -r "$EXP/train" .gpu/train
+  if [ -d "$keep/models" ]; then mkdir -p .gpu/train/models && cp -r "$keep/models/." .gpu/train/models/; fi
+  rm -rf "$keep"
   python bench/gpu_train.py --export-probe .gpu/probe.npz --probe-store "$EXP/bench" \
     --labels "$EXP/bench_arch/ground_truth.csv"
   python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
