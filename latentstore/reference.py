@@ -93,9 +93,11 @@ def _cache_labelled(st: Store, model_id: str, parts_hash: str, ids: np.ndarray, 
         con.unregister("new_rows")
 
 
-def latents_version(st: Store, model_id: str) -> str:
-    """sha256 of the sorted part names of the model's latents (content hashes): changes when latents do."""
-    return hashlib.sha256("\n".join(sorted(st.latents(model_id).parts())).encode()).hexdigest()
+def latents_version(st: Store, model_id: str, parts: list[str] | None = None) -> str:
+    """sha256 of the sorted part names of the model's latents (content hashes; `parts` when the caller has
+    listed them): changes when latents do."""
+    parts = st.latents(model_id).parts() if parts is None else parts
+    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()
 
 
 def labelled_ids(st: Store) -> np.ndarray:
@@ -223,7 +225,7 @@ def reference(st: Store, model_id: str, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     # the pass over every latent also fills the labelled-latents cache for this version of the latents
     mean, std, n, ref_ids, ref_z, (lab_ids, lab_z) = latent_stats(st, model_id, seed, keep=labelled_ids(st))
-    _cache_labelled(st, model_id, latents_version(st, model_id), lab_ids, lab_z, replace=True)
+    _cache_labelled(st, model_id, latents_version(st, model_id, parts), lab_ids, lab_z, replace=True)
     m, comps, lam, resid, thr = ood_reference((ref_z - mean) / std, _patients_of(st, ref_ids), seed)
     r = {"model_id": model_id, "parts_hash": digest, "n_latents": n, "z_mean": mean, "z_std": std, "ood_mean": m,
          "ood_components": comps, "ood_variances": lam, "ood_residual": resid, "ood_threshold": thr,
