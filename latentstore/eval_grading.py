@@ -36,6 +36,7 @@ TEST_FRACTION = 0.3
 RANK = {NAMES[label]: i for i, label in enumerate(ORDER)}  # level names in anatomical order
 CURVE = (10, 25, 50, None)  # labelled training fractures; None = all
 DENSENET_STEPS = 400
+BOOTSTRAP_CI = 1000  # patient resamples of the test split for the 95 % intervals
 PAPER = {  # Table 2 of the paper (VerSe'19, real CT): (AUC, F1)
     "probe logistic": (0.96, 0.23), "probe svm": (0.93, 0.59), "hyperplane logistic linear": (0.96, 0.44),
     "hyperplane svm linear": (0.93, 0.51), "hyperplane svm poly1": (0.93, 0.42), "hyperplane svm poly3": (0.93, 0.56),
@@ -92,6 +93,50 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, s)) if len(set(y)) == 2 else float("nan")
+
+
+def weighted_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> float:
+    """ROC AUC with sample weights (ties count half), O(n log n): the bootstrap's AUC, where `w` counts how
+    often each vertebra was drawn. Equals `roc_auc_score(y, s, sample_weight=w)`."""
+    order = np.argsort(s, kind="stable")
+    s, y, w = s[order], y[order].astype(bool), w[order].astype(np.float64)
+    wp, wn = np.where(y, w, 0.0), np.where(y, 0.0, w)
+    total_p, total_n = wp.sum(), wn.sum()
+    if total_p == 0 or total_n == 0:
+        return float("nan")
+    # per block of tied scores: negatives strictly below + half the tied ones
+    edges = np.flatnonzero(np.diff(s)) + 1
+    starts = np.concatenate([[0], edges])
+    bp, bn = np.add.reduceat(wp, starts), np.add.reduceat(wn, starts)
+    below = np.cumsum(bn) - bn
+    return float((bp * (below + 0.5 * bn)).sum() / (total_p * total_n))
+
+
+def f1_per_class(true: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """F1 of G0, G2 and G3 (weighted counts), predictions below G2 counted as healthy as `macro_f1_023`."""
+    sel = np.isin(true, (0, 2, 3))
+    t, p = true[sel].astype(int), np.where(pred[sel] < 2, 0, pred[sel]).astype(int)
+    w = np.ones(len(t)) if w is None else np.asarray(w, np.float64)[sel]
+    conf = np.bincount(t * 4 + p, weights=w, minlength=16).reshape(4, 4)[[0, 2, 3]][:, [0, 2, 3]]
+    tp, fp, fn = np.diag(conf), conf.sum(0) - np.diag(conf), conf.sum(1) - np.diag(conf)
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros(3), where=denom > 0)
+
+
+def patient_bootstrap(patient: np.ndarray, n: int = BOOTSTRAP_CI, seed: int = 0) -> np.ndarray:
+    """(n, rows) draw counts: test patients resampled with replacement, each drawn patient's vertebrae
+    counted once per draw (the test vertebrae of one patient are not independent)."""
+    ids, inverse = np.unique(patient, return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n, len(ids)))
+    per_patient = np.stack([np.bincount(d, minlength=len(ids)) for d in draws])
+    return per_patient[:, inverse]
+
+
+def interval(fn, weights: np.ndarray) -> list[float]:
+    """The 2.5th and 97.5th percentiles of `fn(w)` over bootstrap weights (NaN draws left out)."""
+    v = np.array([fn(w) for w in weights])
+    v = v[~np.isnan(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [float("nan")] * 2
 
 
 def _standardise(st: Store, model_id: str, z: np.ndarray) -> np.ndarray:
@@ -200,9 +245,13 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
     Xtr, gtr, Xte, gte = X[tr], d.grade[tr], X[te], d.grade[te]
     yte = (gte >= 2).astype(int)
     rows: dict[str, dict] = {}
+    boot = patient_bootstrap(d.patient[te])
 
     def add(name: str, score: np.ndarray, pred: np.ndarray) -> None:
-        rows[name] = {"auc": _auc(yte, score), "macro_f1": macro_f1_023(gte, pred)}
+        rows[name] = {"auc": _auc(yte, score), "macro_f1": macro_f1_023(gte, pred),
+                      "auc_ci": interval(lambda w: weighted_auc(yte, score, w), boot),
+                      "macro_f1_ci": interval(lambda w: float(f1_per_class(gte, pred, w).mean()), boot),
+                      "f1_per_class": dict(zip(("G0", "G2", "G3"), f1_per_class(gte, pred).tolist()))}
 
     for kind in ("logistic", "svm"):
         add(f"probe {kind}", *linear_probe(Xtr, gtr, Xte, kind))
@@ -213,6 +262,11 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
             if (kind, cal) == ("logistic", "linear"):
                 main = predict
     main_dist, main_pred = main(Xte)
+    frac = gte >= 2
+    # how well the main distance orders severity among the test fractures: the part of macro-F1 the
+    # binary hyperplane has to get from z_sem without ever being trained on it
+    severity = {"g2_vs_g3_auc": _auc((gte[frac] == 3).astype(int), main_dist[frac]),
+                "g2_vs_g3_auc_ci": interval(lambda w: weighted_auc(gte[frac] == 3, main_dist[frac], w[frac]), boot)}
     # the main method over every test vertebra (G1 too) for the confusion matrix and the levels
     conf = confusion_matrix(d.grade[d.test], main(X[d.test])[1], labels=[0, 1, 2, 3]).tolist()
     levels = {}
@@ -229,6 +283,7 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
         add("densenet121", *_densenet_scores(p))
     # label efficiency: macro-F1 against labelled training fractures
     eff = {"dae": {}, "densenet121": {}}
+    runs: dict[str, list[float]] = {}  # the DAE's macro-F1 per training subset
     for n in curve:
         key = "all" if n is None else str(n)
         f1s = [] if n is not None else [rows["hyperplane logistic linear"]["macro_f1"]]
@@ -239,6 +294,7 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
             except InputError:
                 continue
         eff["dae"][key] = float(np.mean(f1s)) if f1s else None
+        runs[key] = f1s
         if densenet_steps and images is not None:
             if n is None:
                 eff["densenet121"][key] = rows["densenet121"]["macro_f1"]
@@ -253,7 +309,8 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
         "n_train_patients": len(set(d.patient[~d.test])), "n_test_patients": len(set(d.patient[d.test])),
         "rows": rows, "paper": {k: {"auc": a, "macro_f1": f} for k, (a, f) in PAPER.items()},
         "confusion_main": {"rows_true": [0, 1, 2, 3], "cols_pred": [0, 1, 2, 3], "counts": conf},
-        "levels_main": levels, "label_efficiency": eff, "densenet_steps": densenet_steps,
+        "levels_main": levels, "severity_main": severity, "label_efficiency": eff, "label_efficiency_dae_runs": runs,
+        "bootstrap": f"{BOOTSTRAP_CI} resamples of the test patients (95 % intervals)", "densenet_steps": densenet_steps,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     report = Report(f"eval grading: model {model_id}, {data['n_test']} test vertebrae "
@@ -274,11 +331,18 @@ def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
+def _ci(v, ci) -> str:
+    return _fmt(v) + (f" [{_fmt(ci[0])}-{_fmt(ci[1])}]" if ci else "")
+
+
 def grading_table(data: dict) -> list[list[str]]:
-    rows = [["method", "AUC G0 vs G2/G3", "macro-F1 G0/G2/G3", "paper AUC", "paper F1"]]
+    rows = [["method", "AUC G0 vs G2/G3 [95 % CI]", "macro-F1 G0/G2/G3 [95 % CI]", "F1 G0 / G2 / G3",
+             "paper AUC", "paper F1"]]
     for name, r in data["rows"].items():
         p = data["paper"].get(name, {})
-        rows.append([name, _fmt(r["auc"]), _fmt(r["macro_f1"]), _fmt(p.get("auc")), _fmt(p.get("macro_f1"))])
+        per = r.get("f1_per_class", {})
+        rows.append([name, _ci(r["auc"], r.get("auc_ci")), _ci(r["macro_f1"], r.get("macro_f1_ci")),
+                     " / ".join(f"{v:.2f}" for v in per.values()) or "n/a", _fmt(p.get("auc")), _fmt(p.get("macro_f1"))])
     return rows
 
 
@@ -287,7 +351,8 @@ def markdown(data: dict) -> str:
              f"Split: {data['split']}. Train {data['n_train']} vertebrae (G0/G2/G3) of {data['n_train_patients']} "
              f"patients; test {data['n_test']} ({data['n_test_fractured']} G2/G3) of {data['n_test_patients']}. "
              "Macro-F1 over G0/G2/G3, predicted grades below G2 counted as healthy (as the paper). Paper: VerSe'19 "
-             "real CT; these numbers are on the store's labels and are not comparable to it.", ""]
+             "real CT; these numbers are on the store's labels and are not comparable to it. Intervals: "
+             f"{data['bootstrap']}.", ""]
     table = grading_table(data)
     lines += ["| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0])]
     lines += ["| " + " | ".join(r) + " |" for r in table[1:]]
@@ -295,6 +360,10 @@ def markdown(data: dict) -> str:
               "vertebrae (rows: true G0-G3; columns: predicted 0-3):", "", "| true \\ pred | 0 | 1 | 2 | 3 |",
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| G{g} | " + " | ".join(str(v) for v in row) + " |" for g, row in enumerate(data["confusion_main"]["counts"])]
+    sev = data["severity_main"]
+    lines += ["", "Severity along the main method's distance: G2 vs G3 AUC among the test fractures "
+              f"{_ci(sev['g2_vs_g3_auc'], sev['g2_vs_g3_auc_ci'])} (0.5: the distance does not order G2 below G3; "
+              "the hyperplane is trained on G0 vs G2/G3 only, so the severity order is what z_sem gives it)."]
     lines += ["", "Per level (main method, test G0/G2/G3):", "", "| level | n | G2/G3 | AUC | macro-F1 |",
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {lv} | {r['n']} | {r['fractured']} | {_fmt(r['auc'])} | {_fmt(r['macro_f1'])} |"
@@ -320,7 +389,12 @@ def _plot(path: Path, data: dict) -> None:
     for name, vals in eff.items():
         pts = [(k, v) for k, v in vals.items() if v is not None]
         if pts:
-            axes[0].plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=name)
+            line, = axes[0].plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=name)
+            if name == "dae":  # the spread over training subsets
+                runs = data.get("label_efficiency_dae_runs", {})
+                for k, _ in pts:
+                    if len(runs.get(k, [])) > 1:
+                        axes[0].vlines(k, min(runs[k]), max(runs[k]), color=line.get_color(), alpha=0.5)
     axes[0].set_xlabel("labelled training fractures (G2/G3)")
     axes[0].set_ylabel("macro-F1 G0/G2/G3 (test)")
     axes[0].set_title("label efficiency")

@@ -313,7 +313,14 @@ def test_eval_grading_table_on_a_patient_split(store, tmp_path):
     r = eval_grading(st, MODEL, densenet_steps=2, curve=(10, None), curve_seeds=2, out=tmp_path / "rep", progress=False)
     rows = r["rows"]
     assert {"probe logistic", "probe svm", "hyperplane logistic linear", "hyperplane svm poly3", "densenet121"} <= set(rows)
-    assert rows["hyperplane logistic linear"]["auc"] > 0.95 and rows["hyperplane logistic linear"]["macro_f1"] > 0.6
+    main = rows["hyperplane logistic linear"]
+    assert main["auc"] > 0.95 and main["macro_f1"] > 0.6
+    # 95 % intervals over test patients hold the point estimate; per-class F1 average to the macro-F1
+    assert main["auc_ci"][0] <= main["auc"] <= main["auc_ci"][1] < 1.0 + 1e-9
+    assert main["macro_f1_ci"][0] <= main["macro_f1"] <= main["macro_f1_ci"][1]
+    assert main["macro_f1_ci"][1] - main["macro_f1_ci"][0] > 0  # a test split of patients is a sample
+    assert abs(np.mean(list(main["f1_per_class"].values())) - main["macro_f1"]) < 1e-9
+    assert 0 <= r["severity_main"]["g2_vs_g3_auc"] <= 1
     assert 0 <= rows["densenet121"]["auc"] <= 1  # 2 steps: a plumbing check, not a result
     assert r["split"].startswith("hash of patient_key") and r["n_train"] + r["n_test"] == sum(g != 1 for g in truth.values())
     conf = np.array(r["confusion_main"]["counts"])
@@ -384,3 +391,29 @@ def test_latent_arrays_reads_ahead_in_order_and_stops_when_left(tmp_path):
     closer.start()
     closer.join(10)
     assert not closer.is_alive() and threading.active_count() <= before
+
+
+def test_bootstrap_metrics_equal_scikit_learn_with_weights():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from latentstore.eval_grading import f1_per_class, patient_bootstrap, weighted_auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(size=200) + y, 1)  # rounded: many ties
+    patient = rng.integers(0, 40, 200)
+    w = patient_bootstrap(patient, n=5, seed=1)
+    assert w.shape == (5, 200) and (w >= 0).all()
+    # a patient's vertebrae are drawn together
+    for row in w:
+        for p in np.unique(patient):
+            assert len(set(row[patient == p])) == 1
+    for row in w:
+        assert abs(weighted_auc(y, s, row) - roc_auc_score(y, s, sample_weight=row)) < 1e-12
+    true = rng.choice([0, 1, 2, 3], 200, p=[0.6, 0.1, 0.2, 0.1])
+    pred = rng.choice([0, 1, 2, 3], 200)
+    sel = true != 1
+    for row in w:
+        ref = f1_score(true[sel], np.where(pred < 2, 0, pred)[sel], labels=[0, 2, 3], average=None,
+                       sample_weight=row[sel], zero_division=0)
+        assert np.allclose(f1_per_class(true, pred, row), ref)
