@@ -8,6 +8,8 @@ The yardstick for every model (issue 8). On the store's labelled slices:
   The regularisation C is chosen per outer fold by an inner grouped 3-fold search over `C_GRID`, so a
   512-d feature set is not handicapped against a 64-d one by a fixed C. AUC is computed on the pooled
   out-of-fold scores of each seed; balanced accuracy at the classifier's own threshold (classes weighted).
+* **Severity**, G2 against G3 among the fractures (the same logistic probe): what a binary hyperplane's
+  distance must order for a macro-F1 over G0/G2/G3, and what the detection AUC does not show.
 * **Height loss** (when the labels carry it): ridge regression (alpha by inner CV), out-of-fold R^2.
 * **Vertebral level**: multinomial logistic regression, out-of-fold accuracy.
 
@@ -290,6 +292,12 @@ def run_probes(features: dict[str, np.ndarray], data: ProbeData, seeds=(0, 1, 2)
     for name, X in features.items():
         row = {kind: detection_probe(X[det], y, data.groups[det], kind, seeds, k) for kind in classifiers}
         if extras:
+            # severity: G2 against G3 among the fractures, what a binary hyperplane's distance has to order for
+            # the macro-F1 over G0/G2/G3 (eval grading), and what no detection AUC shows
+            frac = data.grade >= 2
+            g3 = (data.grade[frac] == 3).astype(int)
+            row["severity_auc"] = (detection_probe(X[frac], g3, data.groups[frac], "logistic", seeds, k)["auc"]
+                                   if min(g3.sum(), (1 - g3).sum()) >= 2 * k else None)
             row["height_loss_r2"] = (height_r2(X[has_h], data.height_loss[has_h], data.groups[has_h], seeds, k)
                                      if has_h.sum() >= 20 else None)
             row["level_accuracy"] = level_accuracy(X, data.level, data.groups, seeds[0], k)
@@ -353,13 +361,13 @@ FEATURE_TITLES = {"zsem": "z_sem (model)", "untrained": "z_sem (same net, untrai
 def probe_table(result: dict) -> list[list[str]]:
     """Header + one row per feature set: AUC and balanced accuracy per classifier, height R^2, level accuracy."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    rows = [["features", "AUC logistic", "AUC SVM", "bal. acc. logistic", "bal. acc. SVM", "height-loss R^2",
-             "level acc."]]
+    rows = [["features", "AUC logistic", "AUC SVM", "bal. acc. logistic", "bal. acc. SVM", "AUC G2 vs G3",
+             "height-loss R^2", "level acc."]]
     for name, r in result["features"].items():
         lg, sv = r.get("logistic"), r.get("svm")
         rows.append([FEATURE_TITLES.get(name, name),
                      f"{lg['auc']:.3f} ± {lg['auc_sd']:.3f}" if lg else "-",
                      f"{sv['auc']:.3f} ± {sv['auc_sd']:.3f}" if sv else "-",
                      f(lg and lg["balanced_accuracy"]), f(sv and sv["balanced_accuracy"]),
-                     f(r.get("height_loss_r2")), f(r.get("level_accuracy"))])
+                     f(r.get("severity_auc")), f(r.get("height_loss_r2")), f(r.get("level_accuracy"))])
     return rows

@@ -41,11 +41,18 @@ def test_pixels_find_a_pixel_defined_fracture_and_random_labels_stay_near_chance
     his = sorted(_body_hu(np.asarray(r["image"], float).reshape(96, 96))
                  for r in read_slices(store, columns=["image"]).to_pylist())
     cut = his[int(0.7 * len(his))]
-    _write_labels(store, tmp_path / "bright.csv", lambda img, i: 3 if _body_hu(img) > cut else 0)
+    # among those fractures, G3 where the centre's 2x2 pooled cells (pixels 36-60) are brightest: a linear
+    # function of the 8x8 pooled pixels, so severity is in them too
+    centre = [np.asarray(r["image"], float).reshape(96, 96)[36:60, 36:60].mean()
+              for r in read_slices(store, columns=["image"]).to_pylist() if _body_hu(np.asarray(r["image"], float).reshape(96, 96)) > cut]
+    cut3 = float(np.median(centre))
+    _write_labels(store, tmp_path / "bright.csv", lambda img, i: (3 if img[36:60, 36:60].mean() > cut3 else 2)
+                  if _body_hu(img) > cut else 0)
     result = eval_probe(store, model_id, tmp_path / "bright.csv", seeds=(0,), k=5)
     pix = result["features"]["pix8"]
     assert pix["logistic"]["auc"] > 0.85 and pix["svm"]["auc"] > 0.85
     assert pix["height_loss_r2"] > 0.3 and 0 <= pix["level_accuracy"] <= 1
+    assert pix["severity_auc"] > 0.65  # ~60 fractures of 30 patients; random labels below stay 0.25-0.75
     assert set(result["features"]) == {"zsem", "untrained", "pix8"} and result["n_patients"] == 30
     diag = result["diagnostics"]["zsem"]
     assert diag["effective_rank"] >= 1 and 0 < diag["top_pc_share"] <= 1 and diag["mse_own_z"] > 0
@@ -53,9 +60,11 @@ def test_pixels_find_a_pixel_defined_fracture_and_random_labels_stay_near_chance
 
     rng = np.random.default_rng(0)
     coin = rng.random(200) < 0.3
-    _write_labels(store, tmp_path / "coin.csv", lambda img, i: 2 if coin[i] else 0)
+    coin3 = rng.random(200) < 0.5
+    _write_labels(store, tmp_path / "coin.csv", lambda img, i: (3 if coin3[i] else 2) if coin[i] else 0)
     chance = eval_probe(store, model_id, tmp_path / "coin.csv", seeds=(0, 1), k=5)
     assert 0.25 < chance["features"]["pix8"]["logistic"]["auc"] < 0.75
+    assert 0.25 < chance["features"]["pix8"]["severity_auc"] < 0.75
 
 
 def test_detection_probe_folds_are_patient_grouped():
