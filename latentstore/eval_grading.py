@@ -133,10 +133,21 @@ def patient_bootstrap(patient: np.ndarray, n: int = BOOTSTRAP_CI, seed: int = 0)
 
 
 def interval(fn, weights: np.ndarray) -> list[float]:
-    """The 2.5th and 97.5th percentiles of `fn(w)` over bootstrap weights (NaN draws left out)."""
+    """The 2.5th and 97.5th percentiles of `fn(w)` over bootstrap weights. A draw where the metric is
+    undefined (NaN: a class not drawn) is left out; when that is half of them or more, the interval is
+    NaN (n/a in the report): too few patients of a class to say."""
     v = np.array([fn(w) for w in weights])
     v = v[~np.isnan(v)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else [float("nan")] * 2
+    if 2 * len(v) <= len(weights):
+        return [float("nan")] * 2
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+
+
+def resampled_macro_f1(true: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
+    """Macro-F1 of one bootstrap draw; NaN when G0, G2 or G3 was not drawn (its F1 would be 0 by the
+    draw, not by the predictions)."""
+    drawn = np.bincount(true.astype(int), weights=w, minlength=4)
+    return float(f1_per_class(true, pred, w).mean()) if (drawn[[0, 2, 3]] > 0).all() else float("nan")
 
 
 def _standardise(st: Store, model_id: str, z: np.ndarray) -> np.ndarray:
@@ -250,7 +261,7 @@ def eval_grading(store: Store | str | None, model: str | None = None, labels: st
     def add(name: str, score: np.ndarray, pred: np.ndarray) -> None:
         rows[name] = {"auc": _auc(yte, score), "macro_f1": macro_f1_023(gte, pred),
                       "auc_ci": interval(lambda w: weighted_auc(yte, score, w), boot),
-                      "macro_f1_ci": interval(lambda w: float(f1_per_class(gte, pred, w).mean()), boot),
+                      "macro_f1_ci": interval(lambda w: resampled_macro_f1(gte, pred, w), boot),
                       "f1_per_class": dict(zip(("G0", "G2", "G3"), f1_per_class(gte, pred).tolist()))}
 
     for kind in ("logistic", "svm"):

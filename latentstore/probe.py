@@ -247,6 +247,19 @@ def detection_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
             "balanced_accuracy": float(np.mean(baccs)), "c_chosen": sorted(set(cs))}
 
 
+def severity_probe(X: np.ndarray, grade: np.ndarray, groups: np.ndarray, seeds, k: int) -> float | None:
+    """AUC of the logistic probe of G3 against G2 among the fractures, or None when there are too few
+    patients of either grade to split (k patients each, and every inner training fold with both)."""
+    frac = grade >= 2
+    g3, g = (grade[frac] == 3).astype(int), groups[frac]
+    if min(len(set(g[g3 == 1])), len(set(g[g3 == 0]))) < k:
+        return None
+    try:
+        return detection_probe(X[frac], g3, g, "logistic", seeds, k)["auc"]
+    except ValueError:  # a grouped fold without one of the grades (patients with many vertebrae of one)
+        return None
+
+
 def height_r2(X: np.ndarray, h: np.ndarray, groups: np.ndarray, seeds, k: int) -> float:
     """Out-of-fold R^2 of ridge regression (alpha by inner CV) of height loss, mean over split seeds."""
     from sklearn.linear_model import RidgeCV
@@ -294,10 +307,7 @@ def run_probes(features: dict[str, np.ndarray], data: ProbeData, seeds=(0, 1, 2)
         if extras:
             # severity: G2 against G3 among the fractures, what a binary hyperplane's distance has to order for
             # the macro-F1 over G0/G2/G3 (eval grading), and what no detection AUC shows
-            frac = data.grade >= 2
-            g3 = (data.grade[frac] == 3).astype(int)
-            row["severity_auc"] = (detection_probe(X[frac], g3, data.groups[frac], "logistic", seeds, k)["auc"]
-                                   if min(g3.sum(), (1 - g3).sum()) >= 2 * k else None)
+            row["severity_auc"] = severity_probe(X, data.grade, data.groups, seeds, k)
             row["height_loss_r2"] = (height_r2(X[has_h], data.height_loss[has_h], data.groups[has_h], seeds, k)
                                      if has_h.sum() >= 20 else None)
             row["level_accuracy"] = level_accuracy(X, data.level, data.groups, seeds[0], k)

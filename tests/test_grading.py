@@ -316,9 +316,11 @@ def test_eval_grading_table_on_a_patient_split(store, tmp_path):
     main = rows["hyperplane logistic linear"]
     assert main["auc"] > 0.95 and main["macro_f1"] > 0.6
     # 95 % intervals over test patients hold the point estimate; per-class F1 average to the macro-F1
-    assert main["auc_ci"][0] <= main["auc"] <= main["auc_ci"][1] < 1.0 + 1e-9
-    assert main["macro_f1_ci"][0] <= main["macro_f1"] <= main["macro_f1_ci"][1]
-    assert main["macro_f1_ci"][1] - main["macro_f1_ci"][0] > 0  # a test split of patients is a sample
+    for key in ("auc_ci", "macro_f1_ci"):
+        lo, hi = main[key]
+        assert 0 <= lo <= hi <= 1
+    assert main["macro_f1_ci"][0] < main["macro_f1_ci"][1]  # a test split of patients is a sample
+    assert main["auc_ci"][0] <= main["auc"] <= main["auc_ci"][1]
     assert abs(np.mean(list(main["f1_per_class"].values())) - main["macro_f1"]) < 1e-9
     assert 0 <= r["severity_main"]["g2_vs_g3_auc"] <= 1
     assert 0 <= rows["densenet121"]["auc"] <= 1  # 2 steps: a plumbing check, not a result
@@ -408,8 +410,10 @@ def test_bootstrap_metrics_equal_scikit_learn_with_weights():
     for row in w:
         for p in np.unique(patient):
             assert len(set(row[patient == p])) == 1
+    assert (w == 0).any()  # patients left out of a draw: zero weights
     for row in w:
         assert abs(weighted_auc(y, s, row) - roc_auc_score(y, s, sample_weight=row)) < 1e-12
+    assert np.isnan(weighted_auc(y, s, np.zeros(200))) and np.isnan(weighted_auc(y, s, (y == 1).astype(float)))
     true = rng.choice([0, 1, 2, 3], 200, p=[0.6, 0.1, 0.2, 0.1])
     pred = rng.choice([0, 1, 2, 3], 200)
     sel = true != 1
@@ -417,3 +421,20 @@ def test_bootstrap_metrics_equal_scikit_learn_with_weights():
         ref = f1_score(true[sel], np.where(pred < 2, 0, pred)[sel], labels=[0, 2, 3], average=None,
                        sample_weight=row[sel], zero_division=0)
         assert np.allclose(f1_per_class(true, pred, row), ref)
+
+
+def test_intervals_leave_out_draws_without_a_grade_and_give_up_when_most_lack_one():
+    from latentstore.eval_grading import interval, patient_bootstrap, resampled_macro_f1
+
+    # perfect predictions: every draw that holds G0, G2 and G3 scores 1; a draw without the one G3
+    # patient is not a macro-F1 of 2/3
+    patient = np.repeat(np.arange(40), 5)
+    true = np.zeros(200, int)
+    true[patient == 0] = 3
+    true[(patient >= 1) & (patient <= 10)] = 2
+    w = patient_bootstrap(patient, n=400, seed=0)
+    assert ((w[:, patient == 0] == 0).all(1)).mean() > 0.2  # about (39/40)^40 = 36 % of draws lack it
+    assert interval(lambda r: resampled_macro_f1(true, true, r), w) == [1.0, 1.0]
+    # fewer than half the draws defined (patient 0 drawn twice or more: ~26 %): no interval
+    assert np.isnan(interval(lambda r: np.nan if r[0] < 2 else 1.0, w)).all()
+    assert not np.isnan(interval(lambda r: np.nan if r[0] == 0 else 1.0, w)).any()  # 64 % defined

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from latentstore.cli import app
 from latentstore.errors import InputError
-from latentstore.probe import detection_probe, eval_probe, load_labels, probe_table, zsem_diagnostics
+from latentstore.probe import detection_probe, eval_probe, load_labels, probe_table, severity_probe, zsem_diagnostics
 from latentstore.slices import read_slices
 from latentstore.train import TrainConfig, train
 from tiny_store import make_store
@@ -121,3 +121,18 @@ def test_cli_eval_probe(store_and_model, tmp_path):
     assert res.exit_code == 0, res.output
     result = json.loads(res.output)
     assert result["model_id"] == model_id and result["seeds"] == [0] and result["n_fractured"] == 30
+
+
+def test_severity_probe_says_none_when_a_grade_sits_in_too_few_patients():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)
+    grade = np.zeros(120, int)
+    grade[:12] = 3  # 12 G3 vertebrae of 3 patients: fewer than k = 5 patients
+    grade[40:60] = 2
+    X = rng.normal(size=(120, 8))
+    assert severity_probe(X, grade, groups, seeds=(0,), k=5) is None
+    grade[:12] = 0
+    grade[::10][:8] = 3  # G3 in 8 patients, with a planted direction: a number
+    X[grade == 3, 0] += 3
+    auc = severity_probe(X, grade, groups, seeds=(0,), k=5)
+    assert auc is not None and auc > 0.7
