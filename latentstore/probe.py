@@ -297,9 +297,12 @@ def run_probes(features: dict[str, np.ndarray], data: ProbeData, seeds=(0, 1, 2)
     """Every probe for every feature set, on the same folds. `extras`: height R^2 and level accuracy too."""
     det = np.isin(data.grade, (0, 2, 3))
     y = (data.grade[det] >= 2).astype(int)
-    if y.sum() < k or (1 - y).sum() < k:
-        raise InputError(f"need at least {k} G0 and {k} G2/G3 labelled slices, got {int((1 - y).sum())} and "
-                         f"{int(y.sum())}")
+    groups = data.groups[det]
+    # the folds are by patient: k patients with each class, or some training fold lacks one
+    pat0, pat1 = len(set(groups[y == 0])), len(set(groups[y == 1]))
+    if min(pat0, pat1) < k:
+        raise InputError(f"need G0 and G2/G3 labelled slices in at least {k} patients each (--folds {k}), got "
+                         f"{int((1 - y).sum())} G0 slices of {pat0} patients and {int(y.sum())} G2/G3 of {pat1}")
     has_h = np.isfinite(data.height_loss)
     out = {}
     for name, X in features.items():

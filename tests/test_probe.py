@@ -136,3 +136,15 @@ def test_severity_probe_says_none_when_a_grade_sits_in_too_few_patients():
     X[grade == 3, 0] += 3
     auc = severity_probe(X, grade, groups, seeds=(0,), k=5)
     assert auc is not None and auc > 0.7
+
+
+def test_probe_refuses_fractures_held_by_fewer_patients_than_folds():
+    from latentstore.probe import ProbeData, run_probes
+
+    n = 60
+    groups = np.repeat(np.arange(20), 3).astype(str)
+    grade = np.zeros(n, int)
+    grade[:9] = 2  # 9 fractures, but of 3 patients: a 5-fold patient split cannot put one in every fold
+    data = ProbeData(np.zeros((n, 96, 96), np.int16), np.arange(n), groups, np.full(n, 20), grade, np.full(n, np.nan))
+    with pytest.raises(InputError, match="at least 5 patients each"):
+        run_probes({"f": np.random.default_rng(0).normal(size=(n, 4))}, data, seeds=(0,), k=5)
