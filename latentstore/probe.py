@@ -306,7 +306,7 @@ def run_probes(features: dict[str, np.ndarray], data: ProbeData, seeds=(0, 1, 2)
     has_h = np.isfinite(data.height_loss)
     out = {}
     for name, X in features.items():
-        row = {kind: detection_probe(X[det], y, data.groups[det], kind, seeds, k) for kind in classifiers}
+        row = {kind: detection_probe(X[det], y, groups, kind, seeds, k) for kind in classifiers}
         if extras:
             # severity: G2 against G3 among the fractures, what a binary hyperplane's distance has to order for
             # the macro-F1 over G0/G2/G3 (eval grading), and what no detection AUC shows
@@ -372,7 +372,8 @@ FEATURE_TITLES = {"zsem": "z_sem (model)", "untrained": "z_sem (same net, untrai
 
 
 def probe_table(result: dict) -> list[list[str]]:
-    """Header + one row per feature set: AUC and balanced accuracy per classifier, height R^2, level accuracy."""
+    """Header + one row per feature set: AUC and balanced accuracy per classifier, G2-vs-G3 AUC, height R^2,
+    level accuracy."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     rows = [["features", "AUC logistic", "AUC SVM", "bal. acc. logistic", "bal. acc. SVM", "AUC G2 vs G3",
              "height-loss R^2", "level acc."]]
