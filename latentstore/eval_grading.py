@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fit import DEFAULT_C, calibrate, fit_classifier, linear_classifier, macro_f1_023, to_grade, unit
+from .fit import DEFAULT_C, calibrate, f1_per_class, fit_classifier, linear_classifier, macro_f1_023, to_grade, unit
 from .levels import NAMES, ORDER
 from .result import Report, to_json
 from .store import Store, connect
@@ -110,17 +110,6 @@ def weighted_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> float:
     bp, bn = np.add.reduceat(wp, starts), np.add.reduceat(wn, starts)
     below = np.cumsum(bn) - bn
     return float((bp * (below + 0.5 * bn)).sum() / (total_p * total_n))
-
-
-def f1_per_class(true: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    """F1 of G0, G2 and G3 (weighted counts), predictions below G2 counted as healthy as `macro_f1_023`."""
-    sel = np.isin(true, (0, 2, 3))
-    t, p = true[sel].astype(int), np.where(pred[sel] < 2, 0, pred[sel]).astype(int)
-    w = np.ones(len(t)) if w is None else np.asarray(w, np.float64)[sel]
-    conf = np.bincount(t * 4 + p, weights=w, minlength=16).reshape(4, 4)[[0, 2, 3]][:, [0, 2, 3]]
-    tp, fp, fn = np.diag(conf), conf.sum(0) - np.diag(conf), conf.sum(1) - np.diag(conf)
-    denom = 2 * tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros(3), where=denom > 0)
 
 
 def patient_bootstrap(patient: np.ndarray, n: int = BOOTSTRAP_CI, seed: int = 0) -> np.ndarray:

@@ -333,13 +333,21 @@ def calibrate(kind: str, d: np.ndarray, grade: np.ndarray) -> np.ndarray:
     return np.polyfit(d[sel], grade[sel].astype(float), deg)
 
 
-def macro_f1_023(true: np.ndarray, pred: np.ndarray) -> float:
-    """Macro-F1 over G0, G2, G3 as the paper: predicted grades below G2 count as healthy (G0)."""
-    from sklearn.metrics import f1_score
-
-    p = np.where(pred < 2, 0, pred)
+def f1_per_class(true: np.ndarray, pred: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """F1 of G0, G2 and G3 as the paper scores them: predicted grades below G2 count as healthy (G0); true G1
+    is left out. `w`: weights per row (a bootstrap draw's counts)."""
     sel = np.isin(true, (0, 2, 3))
-    return float(f1_score(true[sel], p[sel], labels=[0, 2, 3], average="macro", zero_division=0))
+    t, p = true[sel].astype(int), np.where(pred[sel] < 2, 0, pred[sel]).astype(int)
+    w = np.ones(len(t)) if w is None else np.asarray(w, np.float64)[sel]
+    conf = np.bincount(t * 4 + p, weights=w, minlength=16).reshape(4, 4)[[0, 2, 3]][:, [0, 2, 3]]
+    tp, fp, fn = np.diag(conf), conf.sum(0) - np.diag(conf), conf.sum(1) - np.diag(conf)
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros(3), where=denom > 0)
+
+
+def macro_f1_023(true: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over G0, G2, G3 (`f1_per_class`'s mean; a class absent from truth and predictions scores 0)."""
+    return float(f1_per_class(true, pred).mean())
 
 
 def grouped_cv_auc(kind: str, C: float, X: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 5,

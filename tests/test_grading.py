@@ -398,7 +398,8 @@ def test_latent_arrays_reads_ahead_in_order_and_stops_when_left(tmp_path):
 def test_bootstrap_metrics_equal_scikit_learn_with_weights():
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from latentstore.eval_grading import f1_per_class, patient_bootstrap, weighted_auc
+    from latentstore.eval_grading import patient_bootstrap, weighted_auc
+    from latentstore.fit import f1_per_class
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 200)
