@@ -108,7 +108,7 @@ def test_cli_encode_json_and_errors(tmp_path, ray_local):
     root = make_store(tmp_path / "s", n_scans=3)
     result = runner.invoke(app, ["encode", "--store", str(root), "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["encoded"] == 12 and summary["status"] == "ok"
     empty = runner.invoke(app, ["encode", "--store", str(tmp_path / "none")])
     assert empty.exit_code == 3 and "no slices" in empty.output

@@ -65,7 +65,7 @@ def test_cli_eval_recon_json(model, tmp_path):
     args = ["eval", "recon", "--model", model_id, "--store", str(store), "--steps", "1", "--n", "4", "--grid", str(grid)]
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["model_id"] == model_id and data["steps"] == 1 and grid.is_file()
     table = CliRunner().invoke(app, [*args, "--record"])
     assert table.exit_code == 0 and "held-out slices" in table.output and "not computed" in table.output

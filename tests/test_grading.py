@@ -226,9 +226,9 @@ def test_cli_fit_grade_regrade_json(store):
     st, truth = store
     r = runner.invoke(app, ["fit", "--model", MODEL, "--store", st.root, "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["hyperplane_version"] == 1
+    assert json.loads(r.stdout)["hyperplane_version"] == 1
     r = runner.invoke(app, ["grade", "--model", MODEL, "--store", st.root, "--json"])
-    assert r.exit_code == 0 and json.loads(r.output)["graded"] == len(truth)
+    assert r.exit_code == 0 and json.loads(r.stdout)["graded"] == len(truth)
     r = runner.invoke(app, ["regrade", "--model", MODEL, "--store", st.root])
     assert r.exit_code == 0 and "0 latents graded" in r.output
     r = runner.invoke(app, ["fit", "--model", MODEL, "--store", st.root, "--calibration", "cubic"])
@@ -291,7 +291,7 @@ def test_labels_suggest_picks_uncertain_unlabelled_and_spread_out(tmp_path):
     d_all = np.abs(h.distance(h.standardise(z)))
     assert np.median([abs(r["distance"]) for r in out.rows]) < np.median(d_all) / 2
     r = runner.invoke(app, ["labels", "suggest", "-n", "3", "--model", MODEL, "--store", st.root, "--json"])
-    assert r.exit_code == 0 and len(json.loads(r.output)["rows"]) == 3
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["rows"]) == 3
 
 
 def test_folded_scoring_equals_the_standardised_formulas(store):

@@ -119,7 +119,7 @@ def test_cli_eval_probe(store_and_model, tmp_path):
     res = runner.invoke(app, ["eval", "probe", "--model", model_id, "--store", str(store), "--labels",
                               str(tmp_path / "l.csv"), "--seeds", "1", "--json"])
     assert res.exit_code == 0, res.output
-    result = json.loads(res.output)
+    result = json.loads(res.stdout)
     assert result["model_id"] == model_id and result["seeds"] == [0] and result["n_fractured"] == 30
 
 

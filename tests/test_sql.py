@@ -24,13 +24,13 @@ def test_sql_reads_the_catalog(tmp_path):
     result = runner.invoke(app, ["sql", q, "--store", store.root, "--format", "json"])
     assert result.exit_code == 0, result.output
     expected = [{"reason": "truncated gzip", "n": 2}, {"reason": "not valid JSON", "n": 1}]
-    assert json.loads(result.output) == expected  # one JSON document
-    lines = runner.invoke(app, ["sql", q, "--store", store.root, "--format", "jsonl"]).output.splitlines()
+    assert json.loads(result.stdout) == expected  # one JSON document
+    lines = runner.invoke(app, ["sql", q, "--store", store.root, "--format", "jsonl"]).stdout.splitlines()
     assert [json.loads(line) for line in lines] == expected  # JSON Lines
     wide = runner.invoke(app, ["sql", "SELECT [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] AS v", "--store", store.root])
     assert "[10 values]" in wide.output
     csv_out = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM slices", "--store", store.root, "--format", "csv"])
-    assert csv_out.output.splitlines() == ["n", "0"]
+    assert csv_out.stdout.splitlines() == ["n", "0"]
 
 
 def test_sql_cannot_change_data(tmp_path):
@@ -39,7 +39,7 @@ def test_sql_cannot_change_data(tmp_path):
     assert result.exit_code == 2
     assert "SELECT queries only" in result.output
     after = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM errors", "--store", store.root, "--format", "csv"])
-    assert after.output.splitlines() == ["n", "3"]
+    assert after.stdout.splitlines() == ["n", "3"]
 
 
 def test_sql_without_a_store_is_one_clear_line(tmp_path):

@@ -283,7 +283,7 @@ def test_cli_json_summary(tmp_path):
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "out"), "--patients", "1", "--levels", "L1-L2",
                                       "--seed", "2", "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["patients"] == 1 and summary["vertebrae"] == 2 and sum(summary["grades"].values()) == 2
     assert (tmp_path / "out" / "rawdata" / "sub-synth0001" / "sub-synth0001_ct.nii.gz").is_file()
 
